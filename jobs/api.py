@@ -1,0 +1,326 @@
+"""The jobs HTTP API: create, list, watch, cancel and retry jobs; list job types."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from django.conf import settings
+from django.db.models import Q
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import registry, services
+from .errors import IdempotencyConflict, InvalidTransition
+from .models import Job, JobEvent, Priority, Status
+
+PRIORITY_NAMES = [p.label for p in Priority]
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobEvent
+        fields = ["kind", "message", "attempt", "created_at"]
+
+
+class JobSerializer(serializers.ModelSerializer):
+    priority = serializers.CharField(source="priority_name", read_only=True)
+    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    duration_seconds = serializers.FloatField(read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "type",
+            "status",
+            "progress",
+            "message",
+            "payload",
+            "result",
+            "error",
+            "attempts",
+            "max_attempts",
+            "priority",
+            "queue",
+            "idempotency_key",
+            "owner",
+            "cancel_requested",
+            "run_at",
+            "dispatched_at",
+            "started_at",
+            "finished_at",
+            "created_at",
+            "updated_at",
+            "duration_seconds",
+        ]
+        read_only_fields = fields
+
+
+class JobDetailSerializer(JobSerializer):
+    events = JobEventSerializer(many=True, read_only=True)
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "events"]
+        read_only_fields = fields
+
+
+class JobStatusSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    progress = serializers.IntegerField()
+    message = serializers.CharField()
+    updated_at = serializers.DateTimeField()
+
+
+class JobCreateSerializer(serializers.Serializer):
+    type = serializers.CharField(max_length=100)
+    payload = serializers.JSONField(required=False, default=dict)
+    idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
+    priority = serializers.ChoiceField(choices=PRIORITY_NAMES, default="normal")
+    run_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate_type(self, value: str) -> str:
+        try:
+            registry.get(value)
+        except registry.UnknownJobType as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        attrs["payload"] = services.validate_payload(attrs["type"], attrs.get("payload"))
+        return attrs
+
+    def to_spec(self) -> services.JobSpec:
+        data = self.validated_data
+        return services.JobSpec(
+            type=data["type"],
+            payload=data["payload"],
+            idempotency_key=data.get("idempotency_key"),
+            priority=data["priority"],
+            run_at=data.get("run_at"),
+        )
+
+
+class BulkCreateSerializer(serializers.Serializer):
+    jobs = serializers.ListField(
+        child=serializers.DictField(), min_length=1, max_length=settings.JOBS_BULK_MAX
+    )
+
+
+class JobPagination(CursorPagination):
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def _conflict(exc: Exception, code: str, job: Job) -> Response:
+    return Response(
+        {"detail": str(exc), "code": code, "job_id": str(job.id), "status": job.status},
+        status=status.HTTP_409_CONFLICT,
+    )
+
+
+@extend_schema(tags=["jobs"])
+class JobViewSet(viewsets.GenericViewSet):
+    serializer_class = JobSerializer
+    pagination_class = JobPagination
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def get_queryset(self):
+        return Job.objects.visible_to(self.request.user).select_related("owner")
+
+    def get_object(self) -> Job:
+        return get_object_or_404(self.get_queryset(), id=_job_id_or_404(self.kwargs["pk"]))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", enum=[s.value for s in Status]),
+            OpenApiParameter("type", str),
+            OpenApiParameter("q", str, description="Job id, type, message or idempotency key"),
+        ]
+    )
+    def list(self, request: Request) -> Response:
+        jobs = self._filtered(self.get_queryset(), request.query_params)
+        page = self.paginate_queryset(jobs)
+        return self.get_paginated_response(JobSerializer(page, many=True).data)
+
+    @staticmethod
+    def _filtered(jobs, params):
+        errors = {}
+        if value := params.get("status"):
+            if value not in Status.values:
+                errors["status"] = [f"Must be one of: {', '.join(Status.values)}."]
+            jobs = jobs.filter(status=value)
+        if value := params.get("type"):
+            jobs = jobs.filter(type=value)
+        if value := params.get("q", "").strip():
+            match = Q(type__icontains=value) | Q(message__icontains=value)
+            match |= Q(idempotency_key=value)
+            try:
+                match |= Q(id=uuid.UUID(value))
+            except ValueError:
+                pass
+            jobs = jobs.filter(match)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return jobs
+
+    @extend_schema(request=JobCreateSerializer, responses={202: JobSerializer, 200: JobSerializer})
+    def create(self, request: Request) -> Response:
+        data = request.data
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        header_key = request.headers.get("Idempotency-Key")
+        if header_key and not data.get("idempotency_key"):
+            data = {**data, "idempotency_key": header_key}
+        serializer = JobCreateSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        spec = serializer.to_spec()
+        try:
+            outcome = services.enqueue(
+                spec.type,
+                spec.payload,
+                owner=request.user,
+                idempotency_key=spec.idempotency_key,
+                priority=spec.priority,
+                run_at=spec.run_at,
+            )
+        except IdempotencyConflict as exc:
+            return _conflict(exc, "idempotency_conflict", exc.job)
+        code = status.HTTP_202_ACCEPTED if outcome.created else status.HTTP_200_OK
+        return Response(JobSerializer(outcome.job).data, status=code)
+
+    @extend_schema(request=BulkCreateSerializer, responses={202: JobSerializer(many=True)})
+    @action(detail=False, methods=["post"])
+    def bulk(self, request: Request) -> Response:
+        outer = BulkCreateSerializer(data=request.data)
+        outer.is_valid(raise_exception=True)
+        specs, errors = [], {}
+        for index, item in enumerate(outer.validated_data["jobs"]):
+            serializer = JobCreateSerializer(data=item)
+            if serializer.is_valid():
+                specs.append(serializer.to_spec())
+            else:
+                errors[str(index)] = serializer.errors
+        if errors:
+            raise serializers.ValidationError({"jobs": errors})
+        try:
+            outcomes = services.enqueue_many(specs, owner=request.user)
+        except IdempotencyConflict as exc:
+            return _conflict(exc, "idempotency_conflict", exc.job)
+        return Response(
+            {
+                "created": sum(o.created for o in outcomes),
+                "jobs": [
+                    {"id": str(o.job.id), "status": o.job.status, "created": o.created}
+                    for o in outcomes
+                ],
+            },
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        job = self.get_object()
+        return Response(JobDetailSerializer(job).data)
+
+    @extend_schema(responses={200: JobStatusSerializer, 304: None})
+    @action(detail=True, methods=["get"])
+    def status(self, request: Request, pk: str) -> Response:
+        row = (
+            self.get_queryset()
+            .filter(id=_job_id_or_404(pk))
+            .values("id", "status", "progress", "message", "updated_at")
+            .first()
+        )
+        if row is None:
+            raise Http404
+        etag = _etag(row)
+        if etag in _if_none_match(request):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        response = Response(JobStatusSerializer(row).data)
+        response["ETag"] = etag
+        response["Cache-Control"] = "no-cache"
+        return response
+
+    @extend_schema(request=None, responses={200: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        job = self.get_object()
+        try:
+            job = services.cancel(job)
+        except InvalidTransition as exc:
+            return _conflict(exc, "not_cancellable", exc.job)
+        return Response(JobSerializer(job).data)
+
+    @extend_schema(request=None, responses={200: JobSerializer})
+    def destroy(self, request: Request, pk: str) -> Response:
+        return self.cancel(request, pk)
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str) -> Response:
+        job = self.get_object()
+        try:
+            job = services.retry(job)
+        except InvalidTransition as exc:
+            return _conflict(exc, "not_retryable", exc.job)
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=False, methods=["get"])
+    def stats(self, request: Request) -> Response:
+        return Response(services.stats(self.get_queryset()))
+
+
+def _job_id_or_404(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise Http404 from None
+
+
+def _etag(row: dict) -> str:
+    raw = f"{row['status']}|{row['progress']}|{row['message']}|{row['updated_at'].isoformat()}"
+    return '"' + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest() + '"'
+
+
+def _if_none_match(request: Request) -> set[str]:
+    header = request.headers.get("If-None-Match", "")
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+class JobTypeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    queue = serializers.CharField()
+    max_attempts = serializers.IntegerField()
+    backoff_base = serializers.FloatField()
+    soft_time_limit = serializers.IntegerField()
+    payload_fields = serializers.DictField()
+
+
+@extend_schema(tags=["jobs"], responses=JobTypeSerializer(many=True))
+class JobTypeList(APIView):
+    def get(self, request: Request) -> Response:
+        return Response(
+            [
+                {
+                    "name": jt.name,
+                    "description": jt.description,
+                    "queue": jt.queue,
+                    "max_attempts": jt.max_attempts,
+                    "backoff_base": jt.backoff_base,
+                    "soft_time_limit": jt.soft_time_limit,
+                    "payload_fields": jt.payload_fields(),
+                }
+                for jt in registry.all_types()
+            ]
+        )

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .errors import JobCancelled, JobLost
+from .models import EventKind, Job, JobEffect, JobEvent, Status
+
+MILESTONES = (25, 50, 75)
+
+
+class JobContext:
+    """What a handler sees of its job: payload, progress checkpoints, effect reservations."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.payload: dict[str, Any] = job.payload
+        self._progress = job.progress
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
+
+    def _held(self):
+        return Job.objects.filter(id=self.job.id, status=Status.RUNNING, attempts=self.job.attempts)
+
+    def progress(self, percent: float, message: str = "") -> None:
+        """Record progress and stop here if cancellation was requested.
+
+        One UPDATE both writes the progress and proves the job is still ours and not
+        being cancelled; only when it matches nothing do we read why.
+        """
+        percent = max(0, min(100, int(percent)))
+        now = timezone.now()
+        updated = self._held().filter(cancel_requested=False).update(
+            progress=percent, message=message[:255], heartbeat_at=now, updated_at=now
+        )
+        if not updated:
+            self._raise_why_not_held()
+        passed = [m for m in MILESTONES if self._progress < m <= percent]
+        if passed:
+            JobEvent.objects.create(
+                job_id=self.job.id,
+                kind=EventKind.PROGRESS,
+                message=f"{passed[-1]}% {message}".strip()[:500],
+                attempt=self.job.attempts,
+            )
+        self._progress = percent
+
+    def check_cancelled(self) -> None:
+        """A checkpoint without progress: stop here if cancellation was requested."""
+        if not self._held().filter(cancel_requested=False).exists():
+            self._raise_why_not_held()
+
+    def _raise_why_not_held(self) -> None:
+        if self._held().filter(cancel_requested=True).exists():
+            raise JobCancelled()
+        raise JobLost()
+
+    @contextlib.contextmanager
+    def effect(self, name: str) -> Iterator[bool]:
+        """Reserve a side effect so it happens at most once for this job.
+
+        Yields True when the effect is ours to perform, False when an earlier run
+        already reserved it (then the caller skips it). If the block raises, the
+        reservation is released so a retry may try again; if the process dies inside
+        the block, the reservation stays and the effect is never repeated.
+        """
+        try:
+            with transaction.atomic():
+                effect = JobEffect.objects.create(job_id=self.job.id, name=name)
+        except IntegrityError:
+            yield False
+            return
+        try:
+            yield True
+        except BaseException:
+            JobEffect.objects.filter(id=effect.id).delete()
+            raise
+        JobEffect.objects.filter(id=effect.id).update(done=True)

@@ -1,0 +1,114 @@
+"""Built-in job types: e-mail and system jobs."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.mail import EmailMessage
+from rest_framework import serializers
+
+from .context import JobContext
+from .registry import job_type
+
+
+class SendEmailPayload(serializers.Serializer):
+    to = serializers.ListField(
+        child=serializers.EmailField(), min_length=1, max_length=50, help_text="Recipients"
+    )
+    subject = serializers.CharField(max_length=200)
+    body = serializers.CharField(max_length=100_000)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and isinstance(data.get("to"), str):
+            data = {**data, "to": [data["to"]]}
+        return super().to_internal_value(data)
+
+
+def send_email_once(ctx: JobContext, *, to: list[str], subject: str, body: str) -> dict:
+    """Send through Django's e-mail backend, at most once per job."""
+    with ctx.effect("email") as ours:
+        if not ours:
+            return {"sent": False, "reason": "already sent by an earlier attempt", "to": to}
+        EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, to).send()
+    return {"sent": True, "to": to}
+
+
+@job_type(
+    "email.send",
+    serializer=SendEmailPayload,
+    queue="emails",
+    max_attempts=5,
+    backoff_base=5,
+    soft_time_limit=60,
+    description="Send one e-mail through the configured e-mail backend.",
+)
+def send_email(ctx: JobContext) -> dict:
+    p = ctx.payload
+    return send_email_once(ctx, to=p["to"], subject=p["subject"], body=p["body"])
+
+
+class WelcomePayload(serializers.Serializer):
+    email = serializers.EmailField()
+    name = serializers.CharField(max_length=200)
+    message = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
+
+
+@job_type(
+    "email.welcome",
+    serializer=WelcomePayload,
+    queue="emails",
+    max_attempts=5,
+    backoff_base=5,
+    soft_time_limit=60,
+    description="Send the welcome e-mail to a new user.",
+)
+def send_welcome(ctx: JobContext) -> dict:
+    p = ctx.payload
+    body = f"Hello {p['name']},\n\nWelcome to Jobsite."
+    if p.get("message"):
+        body += f"\n\n{p['message']}"
+    return send_email_once(ctx, to=[p["email"]], subject="Welcome to Jobsite", body=body)
+
+
+@job_type("system.noop", soft_time_limit=30, description="Does nothing; for checks and benchmarks.")
+def noop(ctx: JobContext) -> None:
+    return None
+
+
+class SleepPayload(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=3600)
+    fail_times = serializers.IntegerField(
+        min_value=0,
+        default=0,
+        help_text="Fail this many attempts before succeeding (for retry demos).",
+    )
+    permanent = serializers.BooleanField(
+        default=False, help_text="Fail with a permanent error instead of sleeping."
+    )
+
+
+class DemoFailure(Exception):
+    pass
+
+
+@job_type(
+    "system.sleep",
+    serializer=SleepPayload,
+    backoff_base=1,
+    soft_time_limit=3700,
+    description="Sleep for a while, reporting progress and honouring cancellation.",
+)
+def sleep(ctx: JobContext) -> dict:
+    from .errors import PermanentError
+
+    seconds = ctx.payload["seconds"]
+    if ctx.payload.get("permanent"):
+        raise PermanentError("Asked to fail permanently")
+    if ctx.attempt <= ctx.payload.get("fail_times", 0):
+        raise DemoFailure(f"Asked to fail attempt {ctx.attempt}")
+    steps = max(1, min(100, int(seconds * 10)))
+    for step in range(1, steps + 1):
+        time.sleep(seconds / steps)
+        ctx.progress(100 * step / steps, f"Slept {seconds * step / steps:.1f}s of {seconds:g}s")
+    return {"slept": seconds, "attempt": ctx.attempt}

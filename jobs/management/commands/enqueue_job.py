@@ -1,0 +1,47 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.dateparse import parse_datetime
+from rest_framework.exceptions import ValidationError
+
+from jobs import registry, services
+from jobs.errors import IdempotencyConflict
+
+
+class Command(BaseCommand):
+    help = "Create a system job (no owner) and print its id."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("type", help="A registered job type, e.g. email.send")
+        parser.add_argument("--payload", default="{}", help="Payload as a JSON object")
+        parser.add_argument("--key", default=None, help="Idempotency key")
+        parser.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+        parser.add_argument("--run-at", default=None, help="ISO 8601 time to run at")
+
+    def handle(self, *args, type: str, payload: str, key, priority, run_at, **options):
+        try:
+            data = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--payload is not valid JSON: {exc}", returncode=2) from None
+        when = None
+        if run_at:
+            when = parse_datetime(run_at)
+            if when is None or when.tzinfo is None:
+                raise CommandError(
+                    "--run-at must be an ISO 8601 time with a time zone, "
+                    "e.g. 2030-01-01T09:00:00+00:00",
+                    returncode=2,
+                )
+        try:
+            outcome = services.enqueue(
+                type, data, idempotency_key=key, priority=priority, run_at=when
+            )
+        except registry.UnknownJobType as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        except ValidationError as exc:
+            raise CommandError(f"Invalid input: {json.dumps(exc.detail)}", returncode=2) from None
+        except IdempotencyConflict as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        self.stdout.write(str(outcome.job.id))
+        if not outcome.created:
+            self.stderr.write("An existing job with this key was returned.")

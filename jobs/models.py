@@ -1,0 +1,174 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
+
+
+class Priority(models.IntegerChoices):
+    LOW = 0, "low"
+    NORMAL = 5, "normal"
+    HIGH = 9, "high"
+
+    @classmethod
+    def from_name(cls, name: str) -> "Priority":
+        return {p.label: p for p in cls}[name]
+
+
+class JobQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "JobQuerySet":
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+    def active(self) -> "JobQuerySet":
+        return self.filter(status__in=(Status.QUEUED, Status.RUNNING))
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="jobs",
+    )
+    payload = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    message = models.CharField(max_length=255, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    stalled_count = models.PositiveIntegerField(default=0)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    queue = models.CharField(max_length=64, default="default")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    run_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(owner__isnull=False, idempotency_key__isnull=False),
+                name="job_unique_key_per_owner",
+            ),
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(owner__isnull=True, idempotency_key__isnull=False),
+                name="job_unique_key_for_system",
+            ),
+        ]
+        indexes = [
+            # List pages: newest first, per owner, optionally by status or type.
+            models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+            models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status"),
+            models.Index(fields=["status", "-created_at"], name="job_status_created"),
+            models.Index(fields=["type", "status", "-created_at"], name="job_type_status"),
+            # Dispatch sweeper: queued rows never sent, or whose time has come.
+            models.Index(
+                fields=["run_at", "dispatched_at"],
+                condition=Q(status="queued"),
+                name="job_queued_due",
+            ),
+            # Stall sweeper: running rows by heartbeat age.
+            models.Index(
+                fields=["heartbeat_at"],
+                condition=Q(status="running"),
+                name="job_running_heartbeat",
+            ),
+            # Retention purge: finished rows per type by age.
+            models.Index(fields=["type", "status", "finished_at"], name="job_retention"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def priority_name(self) -> str:
+        return Priority(self.priority).label
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class EventKind(models.TextChoices):
+    CREATED = "created"
+    DISPATCHED = "dispatched"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RETRY_SCHEDULED = "retry_scheduled"
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCELLED = "cancelled"
+    RECOVERED = "recovered"
+    RETRIED = "retried"
+
+
+class JobEvent(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    message = models.CharField(max_length=500, blank=True, default="")
+    attempt = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["job", "created_at"], name="jobevent_job_created")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.job_id}"
+
+
+class JobEffect(models.Model):
+    """A side effect (an e-mail, an outside call) a job has reserved or done.
+
+    The unique (job, name) pair makes the effect happen at most once however often
+    the job is retried, recovered or redelivered.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="effects")
+    name = models.CharField(max_length=200)
+    done = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "name"], name="jobeffect_unique_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} for {self.job_id}"

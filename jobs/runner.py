@@ -1,0 +1,187 @@
+"""Running one job inside a worker: claim, heartbeat, call the handler, record the end."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import registry
+from .context import JobContext
+from .errors import JobCancelled, JobLost, PermanentError
+from .logging import job_log_context
+from .models import EventKind, Job, JobEvent, Status
+
+log = logging.getLogger(__name__)
+
+# A message may arrive a little before its ETA when clocks differ between hosts.
+EARLY_TOLERANCE = timedelta(seconds=1)
+
+
+def execute(job_id: str) -> str:
+    """Run the job if this message can claim it; return the outcome for the result backend."""
+    job = claim(job_id)
+    if job is None:
+        return _handle_unclaimable(job_id)
+    jt = registry.get(job.type)
+    with job_log_context(job), Heartbeat(job):
+        log.info("Job started")
+        try:
+            result = jt.handler(JobContext(job))
+        except JobCancelled:
+            return _finish(job, Status.CANCELLED, message="Cancelled")
+        except JobLost:
+            log.warning("Job was recovered elsewhere while running here; stopping")
+            return "lost"
+        except PermanentError as exc:
+            return _finish(job, Status.FAILED, error=str(exc) or type(exc).__name__)
+        except Exception as exc:
+            return _fail_or_retry(job, jt, exc)
+        return _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
+
+
+def claim(job_id: str) -> Job | None:
+    """Take the job with one conditional UPDATE; None when it is not ours to run."""
+    now = timezone.now()
+    claimed = (
+        Job.objects.filter(id=job_id, status=Status.QUEUED)
+        .filter(Q(run_at__isnull=True) | Q(run_at__lte=now + EARLY_TOLERANCE))
+        .update(
+            status=Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            progress=0,
+            message="Running",
+            updated_at=now,
+        )
+    )
+    if not claimed:
+        return None
+    job = Job.objects.get(id=job_id)
+    JobEvent.objects.create(
+        job=job,
+        kind=EventKind.STARTED,
+        message=f"Attempt {job.attempts} of {job.max_attempts}",
+        attempt=job.attempts,
+    )
+    return job
+
+
+def _handle_unclaimable(job_id: str) -> str:
+    """A message that cannot claim its job is acknowledged and dropped, except one that
+    arrived before its job's time, which is sent again for the right moment."""
+    job = Job.objects.filter(id=job_id).only("id", "status", "run_at", "type", "queue").first()
+    if job is None:
+        return "missing"
+    if job.status == Status.QUEUED and job.run_at and job.run_at > timezone.now():
+        from .services import dispatch
+
+        Job.objects.filter(id=job.id).update(dispatched_at=None)
+        if job.run_at - timezone.now() <= timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX):
+            dispatch([Job.objects.get(id=job.id)])
+        return "early"
+    log.info("Dropped message for job %s (%s)", job_id, job.status)
+    return "duplicate"
+
+
+def _held(job: Job):
+    """The job, only while this run still holds it (attempts is the fencing token)."""
+    return Job.objects.filter(id=job.id, status=Status.RUNNING, attempts=job.attempts)
+
+
+def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fields) -> str:
+    now = timezone.now()
+    updated = _held(job).update(
+        status=status,
+        result=result,
+        error=error,
+        finished_at=now,
+        updated_at=now,
+        cancel_requested=False,
+        **fields,
+    )
+    if not updated:
+        log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
+        return "lost"
+    kind = {
+        Status.SUCCEEDED: EventKind.SUCCEEDED,
+        Status.FAILED: EventKind.FAILED,
+        Status.CANCELLED: EventKind.CANCELLED,
+    }[status]
+    JobEvent.objects.create(job_id=job.id, kind=kind, message=error[:500], attempt=job.attempts)
+    log.info("Job %s", status)
+    return status
+
+
+def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
+    error = f"{type(exc).__name__}: {exc}"
+    if job.attempts >= job.max_attempts:
+        log.error("Job failed after %d attempts: %s", job.attempts, error)
+        detail = "".join(traceback.format_exception(exc, limit=20))
+        return _finish(job, Status.FAILED, error=f"{error}\n\n{detail}")
+    delay = jt.backoff(job.attempts)
+    now = timezone.now()
+    run_at = now + timedelta(seconds=delay)
+    if not _held(job).update(
+        status=Status.QUEUED,
+        run_at=run_at,
+        dispatched_at=None,
+        heartbeat_at=None,
+        error=error,
+        message=f"Retrying in {delay:g}s",
+        updated_at=now,
+    ):
+        return "lost"
+    JobEvent.objects.create(
+        job_id=job.id,
+        kind=EventKind.RETRY_SCHEDULED,
+        message=f"{error[:400]} — retry in {delay:g}s",
+        attempt=job.attempts,
+    )
+    log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts, delay, error)
+    if delay <= settings.JOBS_BROKER_DELAY_MAX:
+        from .services import dispatch
+
+        job.status = Status.QUEUED
+        job.run_at = run_at
+        dispatch([job])
+    return "retry"
+
+
+class Heartbeat:
+    """Keeps `heartbeat_at` fresh from a background thread while the job runs, so the
+    stall sweeper can tell a slow job from a dead worker."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.interval = max(settings.JOBS_LOCK_DURATION / 4, 0.5)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    _held(self.job).update(heartbeat_at=timezone.now())
+                except Exception:
+                    log.exception("Heartbeat failed")
+                    close_old_connections()
+        finally:
+            connection.close()

@@ -1,0 +1,438 @@
+"""The job engine's public operations: the one way in (`enqueue`), dispatch, cancel,
+retry, and the sweepers that make the database row the source of truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+from rest_framework import serializers
+
+from jobsite.celery_app import app as celery_app
+
+from . import registry
+from .errors import IdempotencyConflict, InvalidTransition
+from .models import (
+    FINISHED_STATUSES,
+    RETRYABLE_STATUSES,
+    EventKind,
+    Job,
+    JobEvent,
+    Priority,
+    Status,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job: Job
+    created: bool
+
+
+@dataclass
+class JobSpec:
+    """One job to create: what `enqueue_many` takes, one per job."""
+
+    type: str
+    payload: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    priority: str = "normal"
+    run_at: datetime | None = None
+
+
+# --- creating jobs -------------------------------------------------------------------
+
+
+def validate_payload(type_name: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate `payload` with the type's serializer and return it as plain JSON data.
+
+    Raises `registry.UnknownJobType` or a DRF `ValidationError` naming each bad field.
+    """
+    jt = registry.get(type_name)
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
+    serializer = jt.serializer(data=payload)
+    if not serializer.is_valid():
+        raise serializers.ValidationError({"payload": serializer.errors})
+    return json.loads(json.dumps(serializer.validated_data, cls=DjangoJSONEncoder))
+
+
+def enqueue(
+    type_name: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    owner=None,
+    idempotency_key: str | None = None,
+    priority: str = "normal",
+    run_at: datetime | None = None,
+) -> Enqueued:
+    """Create a job and send it to its queue once the surrounding transaction commits.
+
+    With an `idempotency_key`, a repeat of the same request returns the existing job
+    (created=False) and a repeat with other data raises `IdempotencyConflict`.
+    """
+    spec = JobSpec(type_name, payload, idempotency_key, priority, run_at)
+    job = _build_job(spec, validate_payload(type_name, payload), owner)
+    with transaction.atomic():
+        if idempotency_key:
+            existing = _existing_for_key(owner, idempotency_key)
+            if existing:
+                return Enqueued(_same_request_or_conflict(existing, job), created=False)
+            try:
+                with transaction.atomic():
+                    job.save(force_insert=True)
+            except IntegrityError:
+                # A concurrent request with the same key committed first.
+                existing = _existing_for_key(owner, idempotency_key)
+                if existing is None:
+                    raise
+                return Enqueued(_same_request_or_conflict(existing, job), created=False)
+        else:
+            job.save(force_insert=True)
+        _record_created([job])
+        transaction.on_commit(lambda: dispatch([job]))
+    return Enqueued(job, created=True)
+
+
+def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
+    """Create many jobs in one transaction and dispatch them in broker batches.
+
+    Every spec is validated first; if any is invalid, a `ValidationError` keyed by
+    the spec's index is raised and nothing is written.
+    """
+    errors: dict[str, Any] = {}
+    jobs: list[Job] = []
+    keys_seen: set[str] = set()
+    for index, spec in enumerate(specs):
+        try:
+            payload = validate_payload(spec.type, spec.payload)
+            if spec.idempotency_key in keys_seen:
+                raise serializers.ValidationError(
+                    {"idempotency_key": ["Repeated within this request."]}
+                )
+            if spec.idempotency_key:
+                keys_seen.add(spec.idempotency_key)
+            jobs.append(_build_job(spec, payload, owner))
+        except registry.UnknownJobType as exc:
+            errors[str(index)] = {"type": [str(exc)]}
+        except serializers.ValidationError as exc:
+            errors[str(index)] = exc.detail
+    if errors:
+        raise serializers.ValidationError({"jobs": errors})
+
+    results: list[Enqueued] = []
+    with transaction.atomic():
+        keyed = {j.idempotency_key: j for j in jobs if j.idempotency_key}
+        existing = _existing_for_keys(owner, list(keyed))
+        new_jobs = []
+        for job in jobs:
+            if job.idempotency_key in existing:
+                found = existing[job.idempotency_key]
+                results.append(Enqueued(_same_request_or_conflict(found, job), created=False))
+            else:
+                new_jobs.append(job)
+                results.append(Enqueued(job, created=True))
+        Job.objects.bulk_create(new_jobs, batch_size=1000)
+        _record_created(new_jobs)
+        transaction.on_commit(lambda: dispatch(new_jobs))
+    return results
+
+
+def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
+    jt = registry.get(spec.type)
+    try:
+        priority = Priority.from_name(spec.priority)
+    except KeyError:
+        raise serializers.ValidationError(
+            {"priority": [f"Must be one of: {', '.join(p.label for p in Priority)}."]}
+        ) from None
+    return Job(
+        type=jt.name,
+        owner=owner,
+        payload=payload,
+        queue=jt.queue,
+        max_attempts=jt.max_attempts,
+        priority=priority,
+        idempotency_key=spec.idempotency_key or None,
+        run_at=spec.run_at,
+    )
+
+
+def _key_filter(owner) -> Q:
+    return Q(owner=owner) if owner is not None else Q(owner__isnull=True)
+
+
+def _existing_for_key(owner, key: str) -> Job | None:
+    return Job.objects.filter(_key_filter(owner), idempotency_key=key).first()
+
+
+def _existing_for_keys(owner, keys: list[str]) -> dict[str, Job]:
+    if not keys:
+        return {}
+    found = Job.objects.filter(_key_filter(owner), idempotency_key__in=keys)
+    return {j.idempotency_key: j for j in found}
+
+
+def _same_request_or_conflict(existing: Job, requested: Job) -> Job:
+    if existing.type != requested.type or existing.payload != requested.payload:
+        raise IdempotencyConflict(existing)
+    return existing
+
+
+def _record_created(jobs: Sequence[Job]) -> None:
+    JobEvent.objects.bulk_create(
+        [JobEvent(job=j, kind=EventKind.CREATED, message=_created_message(j)) for j in jobs],
+        batch_size=1000,
+    )
+
+
+def _created_message(job: Job) -> str:
+    if job.run_at:
+        return f"Created, to run at {job.run_at.isoformat()}"
+    return "Created"
+
+
+# --- dispatch ------------------------------------------------------------------------
+
+
+def broker_priority(priority: int) -> int:
+    """Celery priority for the broker in use: Redis serves 0 first, AMQP serves 9 first."""
+    if celery_app.conf.broker_url.startswith(("redis", "rediss")):
+        return 9 - priority
+    return priority
+
+
+def dispatch(jobs: Iterable[Job], now: datetime | None = None) -> int:
+    """Send one message per job, batched into one broker round trip per 1,000 jobs.
+
+    On success the rows are marked dispatched; if the broker cannot be reached they
+    stay undispatched and the dispatch sweeper sends them later. Jobs due further
+    ahead than `JOBS_BROKER_DELAY_MAX` are not sent: they wait in the database until
+    the sweeper finds them due. Returns how many were sent.
+    """
+    now = now or timezone.now()
+    horizon = now + timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX)
+    jobs = [j for j in jobs if j.run_at is None or j.run_at <= horizon]
+    if not jobs:
+        return 0
+    from .tasks import task_for
+
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            with producer.batch(max_size=1000):
+                for job in jobs:
+                    job.dispatched_at = now
+                    eta = job.run_at if job.run_at and job.run_at > now else None
+                    task_for(job.type).apply_async(
+                        args=[str(job.id)],
+                        producer=producer,
+                        queue=job.queue,
+                        routing_key=job.queue,
+                        priority=broker_priority(job.priority),
+                        eta=eta,
+                        retry=False,
+                    )
+    except Exception as exc:  # the broker is down or refused: the sweeper sends them later
+        log.warning("Dispatch of %d job(s) failed, left for the sweeper: %s", len(jobs), exc)
+        return 0
+    ids = [j.id for j in jobs]
+    Job.objects.filter(id__in=ids).update(dispatched_at=now)
+    JobEvent.objects.bulk_create(
+        [JobEvent(job_id=j.id, kind=EventKind.DISPATCHED, attempt=j.attempts) for j in jobs],
+        batch_size=1000,
+    )
+    return len(jobs)
+
+
+# --- cancel and retry ----------------------------------------------------------------
+
+
+def cancel(job: Job) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next checkpoint."""
+    now = timezone.now()
+    if Job.objects.filter(id=job.id, status=Status.QUEUED).update(
+        status=Status.CANCELLED, finished_at=now, updated_at=now, message="Cancelled"
+    ):
+        JobEvent.objects.create(job_id=job.id, kind=EventKind.CANCELLED, attempt=job.attempts)
+    elif Job.objects.filter(id=job.id, status=Status.RUNNING, cancel_requested=False).update(
+        cancel_requested=True, updated_at=now, message="Cancelling"
+    ):
+        JobEvent.objects.create(
+            job_id=job.id, kind=EventKind.CANCEL_REQUESTED, attempt=job.attempts
+        )
+    job.refresh_from_db()
+    if job.status in FINISHED_STATUSES and job.status != Status.CANCELLED:
+        raise InvalidTransition(job, "cancel")
+    return job
+
+
+def retry(job: Job) -> Job:
+    """Put a failed or cancelled job back in the queue with a fresh round of attempts."""
+    with transaction.atomic():
+        if not _reset_for_retry(Job.objects.filter(id=job.id)):
+            job.refresh_from_db()
+            raise InvalidTransition(job, "retry")
+        job.refresh_from_db()
+        JobEvent.objects.create(job_id=job.id, kind=EventKind.RETRIED, message="Manual retry")
+        transaction.on_commit(lambda: dispatch([job]))
+    return job
+
+
+def retry_many(jobs) -> int:
+    """Retry every failed or cancelled job in the queryset; returns how many."""
+    with transaction.atomic():
+        ids = list(jobs.filter(status__in=RETRYABLE_STATUSES).values_list("id", flat=True))
+        retried = list(Job.objects.filter(id__in=ids, status__in=RETRYABLE_STATUSES))
+        _reset_for_retry(Job.objects.filter(id__in=ids))
+        for job in retried:
+            job.status = Status.QUEUED
+            job.attempts = 0
+        JobEvent.objects.bulk_create(
+            [JobEvent(job=j, kind=EventKind.RETRIED, message="Manual retry") for j in retried]
+        )
+        transaction.on_commit(lambda: dispatch(retried))
+    return len(retried)
+
+
+def _reset_for_retry(queryset) -> int:
+    return queryset.filter(status__in=RETRYABLE_STATUSES).update(
+        status=Status.QUEUED,
+        attempts=0,
+        stalled_count=0,
+        cancel_requested=False,
+        error="",
+        result=None,
+        progress=0,
+        message="",
+        run_at=None,
+        dispatched_at=None,
+        heartbeat_at=None,
+        started_at=None,
+        finished_at=None,
+        updated_at=timezone.now(),
+    )
+
+
+# --- sweepers ------------------------------------------------------------------------
+
+
+def dispatch_due(now: datetime | None = None) -> int:
+    """Send queued jobs that have no message in the broker: never dispatched (the
+    broker was down), delayed jobs whose time is near, and jobs whose message has
+    waited so long it was probably lost."""
+    now = now or timezone.now()
+    horizon = now + timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX)
+    lost_before = now - timedelta(seconds=settings.JOBS_REDISPATCH_AFTER)
+    # A fresh row is dispatched by its own commit hook; give that a moment first.
+    settled_before = now - timedelta(seconds=2)
+    never_sent = Q(dispatched_at__isnull=True, updated_at__lt=settled_before) & (
+        Q(run_at__isnull=True) | Q(run_at__lte=horizon)
+    )
+    lost = Q(dispatched_at__lt=lost_before) & (
+        Q(run_at__isnull=True) | Q(run_at__lt=lost_before)
+    )
+    due = (
+        Job.objects.filter(status=Status.QUEUED)
+        .filter(never_sent | lost)
+        .order_by("-priority", "created_at")[: settings.JOBS_SWEEP_BATCH]
+    )
+    return dispatch(due, now=now)
+
+
+def recover_stalled(now: datetime | None = None) -> int:
+    """Return running jobs whose heartbeat stopped (their worker died) to the queue,
+    or fail them once they have stalled `JOBS_MAX_STALLED` times. Returns how many
+    were recovered or failed."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.JOBS_LOCK_DURATION)
+    stalled = Job.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff)[
+        : settings.JOBS_SWEEP_BATCH
+    ]
+    recovered: list[Job] = []
+    handled = 0
+    for job in stalled:
+        # Conditional on the values we read, so a worker that heartbeats or finishes
+        # right now keeps its job.
+        held = Job.objects.filter(
+            id=job.id, status=Status.RUNNING, attempts=job.attempts, heartbeat_at__lt=cutoff
+        )
+        if job.stalled_count >= settings.JOBS_MAX_STALLED:
+            error = (
+                f"Stalled {job.stalled_count + 1} times: the worker running it stopped "
+                "sending heartbeats."
+            )
+            if held.update(
+                status=Status.FAILED, error=error, finished_at=now, updated_at=now
+            ):
+                JobEvent.objects.create(
+                    job_id=job.id, kind=EventKind.FAILED, message=error, attempt=job.attempts
+                )
+                handled += 1
+            continue
+        if held.update(
+            status=Status.QUEUED,
+            stalled_count=job.stalled_count + 1,
+            dispatched_at=None,
+            heartbeat_at=None,
+            run_at=None,
+            message="Recovered after its worker stopped",
+            updated_at=now,
+        ):
+            JobEvent.objects.create(
+                job_id=job.id,
+                kind=EventKind.RECOVERED,
+                message=f"No heartbeat since {job.heartbeat_at.isoformat()}; back in the queue",
+                attempt=job.attempts,
+            )
+            job.status = Status.QUEUED
+            job.run_at = None
+            recovered.append(job)
+            handled += 1
+    dispatch(recovered, now=now)
+    return handled
+
+
+def sweep() -> dict[str, int]:
+    """One pass of both sweepers, as Beat runs it every few seconds."""
+    return {"recovered": recover_stalled(), "dispatched": dispatch_due()}
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def stats(jobs) -> dict[str, Any]:
+    """Counts by status and by type, and recent throughput, over a queryset of jobs."""
+    by_status = Counter({s.value: 0 for s in Status})
+    for row in jobs.order_by().values("status").annotate(n=Count("id")):
+        by_status[row["status"]] = row["n"]
+    by_type: dict[str, dict[str, int]] = {}
+    for row in jobs.order_by().values("type", "status").annotate(n=Count("id")):
+        by_type.setdefault(row["type"], {})[row["status"]] = row["n"]
+    now = timezone.now()
+    finished = jobs.filter(status__in=FINISHED_STATUSES)
+    return {
+        "by_status": dict(by_status),
+        "by_type": by_type,
+        "throughput": {
+            "finished_last_minute": finished.filter(
+                finished_at__gte=now - timedelta(minutes=1)
+            ).count(),
+            "finished_last_hour": finished.filter(
+                finished_at__gte=now - timedelta(hours=1)
+            ).count(),
+        },
+    }

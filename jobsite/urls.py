@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from . import health
+from .api import TokenRateThrottle
+
+api_patterns = [
+    path(
+        "auth/token/",
+        TokenObtainPairView.as_view(throttle_classes=[TokenRateThrottle]),
+        name="token",
+    ),
+    path(
+        "auth/token/refresh/",
+        TokenRefreshView.as_view(throttle_classes=[TokenRateThrottle]),
+        name="token-refresh",
+    ),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("", include("jobs.urls")),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include(api_patterns)),
+    path("health/", health.health, name="health"),
+]

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+import requests
+from django.contrib.auth import get_user_model
+
+from tests.support import Api, SmtpSink, WorkerProcess, test_database_url
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def user(transactional_db):
+    return get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+
+
+@pytest.fixture
+def other_user(transactional_db):
+    return get_user_model().objects.create_user("bob", "bob@example.com", PASSWORD)
+
+
+@pytest.fixture
+def staff_user(transactional_db):
+    return get_user_model().objects.create_user(
+        "carol", "carol@example.com", PASSWORD, is_staff=True
+    )
+
+
+def _token_for(base_url: str, username: str) -> str:
+    response = requests.post(
+        f"{base_url}/api/auth/token/",
+        json={"username": username, "password": PASSWORD},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()["access"]
+
+
+@pytest.fixture
+def api(live_server, user) -> Api:
+    """An HTTP client for the live server, signed in as `user` with a JWT."""
+    return Api(live_server.url, _token_for(live_server.url, user.username))
+
+
+@pytest.fixture
+def other_api(live_server, other_user) -> Api:
+    return Api(live_server.url, _token_for(live_server.url, other_user.username))
+
+
+@pytest.fixture
+def staff_api(live_server, staff_user) -> Api:
+    return Api(live_server.url, _token_for(live_server.url, staff_user.username))
+
+
+@pytest.fixture
+def anonymous_api(live_server) -> Api:
+    return Api(live_server.url, token=None)
+
+
+@pytest.fixture
+def database_url(transactional_db) -> str:
+    """The URL of the test database, for processes the tests start."""
+    return test_database_url()
+
+
+@pytest.fixture
+def smtp_sink():
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def start_worker(database_url, tmp_path, request):
+    """Start real Celery worker processes on the test database; all stop at teardown."""
+    started: list[WorkerProcess] = []
+    _purge_queues()
+
+    def start(**options) -> WorkerProcess:
+        worker = WorkerProcess(
+            database_url=database_url,
+            log_dir=tmp_path,
+            name=f"w{len(started) + 1}",
+            **options,
+        )
+        started.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for worker in started:
+            print(f"--- log of worker {worker.name} ---\n{worker.log()[-20000:]}")
+
+
+def _purge_queues() -> None:
+    """Drop messages earlier tests left in the broker for jobs that no longer exist."""
+    from jobsite.celery_app import app
+
+    try:
+        app.control.purge()
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def worker(start_worker, smtp_sink) -> WorkerProcess:
+    """One worker on every queue, with Beat sweeping every second, sending mail to `smtp_sink`."""
+    return start_worker(smtp=smtp_sink)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

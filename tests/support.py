@@ -1,0 +1,252 @@
+"""Helpers the suites share: an HTTP client, a real worker process, an SMTP sink,
+and `wait_for`, which polls a condition until a deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from django.db import connection
+
+from jobsite.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_QUEUES = ["default", "emails", "reports", "pages", "images", "maintenance"]
+
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def test_database_url() -> str:
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    original = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(original._replace(path="/" + settings["NAME"]))
+
+
+test_database_url.__test__ = False  # not a test, despite its name
+
+
+class Api:
+    """requests against the live server, with a bearer token and JSON by default."""
+
+    def __init__(self, base_url: str, token: str | None):
+        self.base_url = base_url
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.base_url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, json=json, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def job(self, job_id: str) -> dict:
+        response = self.get(f"/api/jobs/{job_id}/")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_status(self, job_id: str, *statuses: str, timeout: float = 30) -> dict:
+        return wait_for(
+            lambda: (job := self.job(job_id))["status"] in statuses and job,
+            timeout=timeout,
+            what=f"job {job_id} to become {' or '.join(statuses)}",
+        )
+
+
+class SmtpSink:
+    """A real SMTP server on a free local port that keeps every message it receives."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.messages: list[Message] = []
+        self._controller = None
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                sink.messages.append(message_from_bytes(envelope.original_content))
+                return "250 Message accepted"
+
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller:
+            self._controller.stop()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": "127.0.0.1",
+            "EMAIL_PORT": str(self.port),
+            "EMAIL_USE_TLS": "0",
+        }
+
+
+class WorkerProcess:
+    """A real `celery worker` process (prefork) on the test database.
+
+    With `beat=True` it embeds Beat, which runs the sweepers every `sweep_interval`
+    seconds, as the production Beat does every few seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        log_dir: Path,
+        name: str,
+        queues: list[str] | None = None,
+        concurrency: int = 2,
+        beat: bool = True,
+        sweep_interval: float = 1.0,
+        lock_duration: float = 60.0,
+        broker_url: str | None = None,
+        smtp: SmtpSink | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.name = name
+        self.queues = queues or ALL_QUEUES
+        self.concurrency = concurrency
+        self.beat = beat
+        self.log_path = log_dir / f"worker-{name}.log"
+        self.schedule_path = log_dir / f"beat-{name}.db"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "JOBS_SWEEP_INTERVAL": str(sweep_interval),
+            "JOBS_LOCK_DURATION": str(lock_duration),
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": "test-worker-secret",
+            "PYTHONUNBUFFERED": "1",
+            **(smtp.env() if smtp else {}),
+            **({"CELERY_BROKER_URL": broker_url} if broker_url else {}),
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        args = [
+            sys.executable, "-m", "celery", "-A", "jobsite", "worker",
+            "--loglevel", "INFO",
+            "--hostname", f"{self.name}-{os.getpid()}@%h",
+            "--queues", ",".join(self.queues),
+            "--concurrency", str(self.concurrency),
+            "--pool", "prefork",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        if self.beat:
+            args += [
+                "--beat",
+                "--scheduler", "celery.beat:PersistentScheduler",
+                "--schedule", str(self.schedule_path),
+            ]  # fmt: skip
+        return args
+
+    def start(self, timeout: float = 60) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for(
+            lambda: " ready." in self.log() or self.process.poll() is not None,
+            timeout=timeout,
+            what=f"worker {self.name} to be ready",
+        )
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-5000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a crashed host would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        # Pool children die with the process group; wait until none is left holding
+        # a database connection.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        wait_for(lambda: not _group_alive(self.process.pid), timeout=10, what="pool to exit")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_in_threads(count: int, target: Callable[[int], T]) -> list[T]:
+    """Run `target(i)` for i in range(count) in threads released at the same moment."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = target(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
