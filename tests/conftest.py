@@ -4,7 +4,13 @@ import pytest
 import requests
 from django.contrib.auth import get_user_model
 
-from tests.support import Api, SmtpSink, WorkerProcess, test_database_url
+from tests.support import (
+    Api,
+    SmtpSink,
+    WorkerProcess,
+    test_database_url,
+    wait_for_worker_sessions_to_close,
+)
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -37,24 +43,28 @@ def _token_for(base_url: str, username: str) -> str:
 
 
 @pytest.fixture
-def api(live_server, user) -> Api:
+def api(live_server, user):
     """An HTTP client for the live server, signed in as `user` with a JWT."""
-    return Api(live_server.url, _token_for(live_server.url, user.username))
+    with Api(live_server.url, _token_for(live_server.url, user.username)) as client:
+        yield client
 
 
 @pytest.fixture
-def other_api(live_server, other_user) -> Api:
-    return Api(live_server.url, _token_for(live_server.url, other_user.username))
+def other_api(live_server, other_user):
+    with Api(live_server.url, _token_for(live_server.url, other_user.username)) as client:
+        yield client
 
 
 @pytest.fixture
-def staff_api(live_server, staff_user) -> Api:
-    return Api(live_server.url, _token_for(live_server.url, staff_user.username))
+def staff_api(live_server, staff_user):
+    with Api(live_server.url, _token_for(live_server.url, staff_user.username)) as client:
+        yield client
 
 
 @pytest.fixture
-def anonymous_api(live_server) -> Api:
-    return Api(live_server.url, token=None)
+def anonymous_api(live_server):
+    with Api(live_server.url, token=None) as client:
+        yield client
 
 
 @pytest.fixture
@@ -91,6 +101,8 @@ def start_worker(database_url, tmp_path, request):
     yield start
     for worker in started:
         worker.stop()
+    if started:
+        wait_for_worker_sessions_to_close()
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         for worker in started:
             print(f"--- log of worker {worker.name} ---\n{worker.log()[-20000:]}")

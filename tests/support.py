@@ -46,7 +46,31 @@ def test_database_url() -> str:
     if connection.vendor == "sqlite":
         return f"sqlite:///{settings['NAME']}"
     original = urlsplit(os.environ["DATABASE_URL"])
-    return urlunsplit(original._replace(path="/" + settings["NAME"]))
+    return urlunsplit(
+        original._replace(
+            path="/" + settings["NAME"], query=f"application_name={WORKER_APPLICATION_NAME}"
+        )
+    )
+
+
+WORKER_APPLICATION_NAME = "jobsite-test-worker"
+
+
+def wait_for_worker_sessions_to_close(timeout: float = 10) -> None:
+    """PostgreSQL ends a killed client's session a moment after the client dies; the
+    test database can only be dropped once every one has gone."""
+    if connection.vendor != "postgresql":
+        return
+
+    def worker_sessions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                [WORKER_APPLICATION_NAME],
+            )
+            return cursor.fetchone()[0]
+
+    wait_for(lambda: worker_sessions() == 0, timeout=timeout, what="worker sessions to close")
 
 
 test_database_url.__test__ = False  # not a test, despite its name
@@ -60,6 +84,14 @@ class Api:
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Closing the keep-alive connection lets the server thread close its database
+        # connection too, so the test database can be dropped at the end of the run.
+        self.session.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", 30)

@@ -1,6 +1,7 @@
 """The broker stopped while jobs are posted: nothing is lost, nothing runs twice."""
 
 import pytest
+from kombu import pools
 
 from jobs.models import Job, JobEvent
 from jobsite.celery_app import app as celery_app
@@ -24,6 +25,7 @@ def private_broker(tmp_path):
 
 def _point_celery_at(url: str) -> None:
     celery_app.pool.force_close_all()
+    pools.reset()  # kombu's global producer pools outlive the app's own pool
     celery_app.conf.broker_url = url
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
