@@ -13,6 +13,12 @@ os.environ.setdefault("RATE_LIMIT_USER", "100000/min")
 os.environ.setdefault("RATE_LIMIT_TOKEN", "100000/min")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 
+# Each run gets its own SQLite test database, so two runs on one machine never collide.
+_run_dir = tempfile.mkdtemp(prefix="jobsite-test-")
+atexit.register(shutil.rmtree, _run_dir, ignore_errors=True)
+if not os.environ.get("DATABASE_URL"):
+    os.environ.setdefault("DATABASE_TEST_NAME", os.path.join(_run_dir, "test.sqlite3"))
+
 if not os.environ.get("REDIS_URL"):
     from jobsite.embedded_redis import EmbeddedRedis
 
