@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.mail import EmailMessage
+from django.utils import timezone
 from rest_framework import serializers
 
 from .context import JobContext
-from .registry import job_type
+from .registry import Retention, job_type
 
 
 class SendEmailPayload(serializers.Serializer):
@@ -112,3 +114,50 @@ def sleep(ctx: JobContext) -> dict:
         time.sleep(seconds / steps)
         ctx.progress(100 * step / steps, f"Slept {seconds * step / steps:.1f}s of {seconds:g}s")
     return {"slept": seconds, "attempt": ctx.attempt}
+
+
+@job_type(
+    "system.purge",
+    queue="maintenance",
+    soft_time_limit=600,
+    retention=Retention(succeeded_for=timedelta(days=2), succeeded_max=100),
+    description="Delete finished jobs past their type's retention policy.",
+)
+def purge(ctx: JobContext) -> dict:
+    from . import services
+
+    deleted = services.purge_finished()
+    return {"deleted": deleted, "total": sum(deleted.values())}
+
+
+class DigestPayload(serializers.Serializer):
+    hours = serializers.IntegerField(min_value=1, max_value=24 * 7, default=24)
+
+
+@job_type(
+    "email.digest",
+    serializer=DigestPayload,
+    queue="emails",
+    max_attempts=3,
+    backoff_base=30,
+    soft_time_limit=600,
+    description="E-mail each user a summary of their jobs over the last hours.",
+)
+def send_digests(ctx: JobContext) -> dict:
+    from . import services
+
+    hours = ctx.payload["hours"]
+    digests = services.job_digests(timezone.now() - timedelta(hours=hours))
+    sent = 0
+    for i, digest in enumerate(digests, start=1):
+        with ctx.effect(f"digest:{digest.user_id}") as ours:
+            if ours:
+                EmailMessage(
+                    f"Your jobs in the last {hours} hours",
+                    digest.text(hours),
+                    settings.DEFAULT_FROM_EMAIL,
+                    [digest.email],
+                ).send()
+                sent += 1
+        ctx.progress(100 * i / len(digests), f"{i} of {len(digests)} digests")
+    return {"users": len(digests), "sent": sent}

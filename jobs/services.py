@@ -206,6 +206,53 @@ def _created_message(job: Job) -> str:
     return "Created"
 
 
+def enqueue_for_schedule(
+    schedule_name: str | None,
+    type_name: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    priority: str = "normal",
+    fired_at: datetime | None = None,
+) -> Job:
+    """Enqueue the job a schedule fired, keyed by the schedule's window so that two
+    Beats, a restarted Beat or a redelivered message create one job per window."""
+    from . import schedules
+
+    key = None
+    timing = schedules.schedule_of(schedule_name) if schedule_name else None
+    if timing is not None:
+        window = schedules.window_for(timing, fired_at or timezone.now())
+        key = schedules.window_key(schedule_name, window)
+    try:
+        return enqueue(type_name, payload, idempotency_key=key, priority=priority).job
+    except IdempotencyConflict:
+        # The schedule's payload changed within the window: the window already has its job.
+        return _existing_for_key(None, key)
+
+
+def enqueue_startup_jobs(now: datetime | None = None) -> list[Job]:
+    """Enqueue the schedules marked to run when a worker starts, unless one is already
+    waiting or running; workers starting together share one job per minute."""
+    from . import schedules
+
+    now = now or timezone.now()
+    jobs = []
+    for schedule in schedules.declared():
+        if not (schedule.job and schedule.run_at_startup and schedule.is_enabled()):
+            continue
+        pending = Job.objects.filter(
+            type=schedule.job,
+            owner__isnull=True,
+            status__in=[Status.QUEUED, Status.RUNNING],
+            idempotency_key__startswith=f"schedule:{schedule.name}:",
+        )
+        if pending.exists():
+            continue
+        key = f"schedule:{schedule.name}:startup:{now.strftime('%Y-%m-%dT%H:%M')}"
+        jobs.append(enqueue(schedule.job, schedule.payload, idempotency_key=key).job)
+    return jobs
+
+
 # --- dispatch ------------------------------------------------------------------------
 
 
@@ -342,9 +389,7 @@ def dispatch_due(now: datetime | None = None) -> int:
     never_sent = Q(dispatched_at__isnull=True, updated_at__lt=settled_before) & (
         Q(run_at__isnull=True) | Q(run_at__lte=horizon)
     )
-    lost = Q(dispatched_at__lt=lost_before) & (
-        Q(run_at__isnull=True) | Q(run_at__lt=lost_before)
-    )
+    lost = Q(dispatched_at__lt=lost_before) & (Q(run_at__isnull=True) | Q(run_at__lt=lost_before))
     due = (
         Job.objects.filter(status=Status.QUEUED)
         .filter(never_sent | lost)
@@ -375,9 +420,7 @@ def recover_stalled(now: datetime | None = None) -> int:
                 f"Stalled {job.stalled_count + 1} times: the worker running it stopped "
                 "sending heartbeats."
             )
-            if held.update(
-                status=Status.FAILED, error=error, finished_at=now, updated_at=now
-            ):
+            if held.update(status=Status.FAILED, error=error, finished_at=now, updated_at=now):
                 JobEvent.objects.create(
                     job_id=job.id, kind=EventKind.FAILED, message=error, attempt=job.attempts
                 )
@@ -411,6 +454,53 @@ def sweep() -> dict[str, int]:
     return {"recovered": recover_stalled(), "dispatched": dispatch_due()}
 
 
+# --- retention -----------------------------------------------------------------------
+
+PURGE_BATCH = 1000
+
+
+def purge_finished(now: datetime | None = None) -> dict[str, int]:
+    """Delete finished jobs past their type's retention: older than its age limit, or
+    beyond the newest N. Cancelled jobs follow the failed policy. Returns deletions per
+    type; events and effect reservations go with their job."""
+    now = now or timezone.now()
+    deleted: dict[str, int] = {}
+    for job_type in registry.all_types():
+        policy = job_type.retention
+        count = _purge(
+            job_type.name, [Status.SUCCEEDED], now - policy.succeeded_for, policy.succeeded_max
+        )
+        count += _purge(
+            job_type.name,
+            [Status.FAILED, Status.CANCELLED],
+            now - policy.failed_for,
+            policy.failed_max,
+        )
+        if count:
+            deleted[job_type.name] = count
+    return deleted
+
+
+def _purge(type_name: str, statuses: list[str], older_than: datetime, keep: int) -> int:
+    finished = Job.objects.filter(type=type_name, status__in=statuses)
+    # The finished_at of the newest row beyond `keep`: that row and all older ones go.
+    beyond_keep = list(
+        finished.order_by("-finished_at").values_list("finished_at", flat=True)[keep : keep + 1]
+    )
+    cutoff = beyond_keep[0] if beyond_keep else None
+    if cutoff is not None and cutoff >= older_than:
+        older_than = cutoff + timedelta(microseconds=1)
+    total = 0
+    while True:
+        ids = list(
+            finished.filter(finished_at__lt=older_than).values_list("id", flat=True)[:PURGE_BATCH]
+        )
+        if not ids:
+            return total
+        JobEvent.objects.filter(job_id__in=ids).delete()
+        total += Job.objects.filter(id__in=ids).delete()[1].get(Job._meta.label, 0)
+
+
 # --- reading -------------------------------------------------------------------------
 
 
@@ -436,3 +526,49 @@ def stats(jobs) -> dict[str, Any]:
             ).count(),
         },
     }
+
+
+@dataclass
+class Digest:
+    """One user's jobs finished since a moment, for the daily e-mail."""
+
+    user_id: int
+    username: str
+    email: str
+    counts: dict[str, int]
+    failures: list[Job]
+
+    def text(self, hours: int) -> str:
+        lines = [f"Hello {self.username},", "", f"Your jobs in the last {hours} hours:"]
+        lines += [f"  {status}: {n}" for status, n in sorted(self.counts.items())]
+        if self.failures:
+            lines += ["", "Failed:"]
+            lines += [f"  {j.type} {j.id}: {j.error or j.message}" for j in self.failures]
+        return "\n".join(lines) + "\n"
+
+
+def job_digests(since: datetime, failures_listed: int = 20) -> list[Digest]:
+    """A digest for each user with an e-mail address whose jobs finished since `since`."""
+    finished = Job.objects.filter(finished_at__gte=since, owner__isnull=False).exclude(
+        owner__email=""
+    )
+    per_user: dict[int, Digest] = {}
+    rows = (
+        finished.order_by()
+        .values("owner_id", "owner__username", "owner__email", "status")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        digest = per_user.setdefault(
+            row["owner_id"],
+            Digest(row["owner_id"], row["owner__username"], row["owner__email"], {}, []),
+        )
+        digest.counts[row["status"]] = row["n"]
+    for digest in per_user.values():
+        if digest.counts.get(Status.FAILED):
+            digest.failures = list(
+                finished.filter(owner_id=digest.user_id, status=Status.FAILED).order_by(
+                    "-finished_at"
+                )[:failures_listed]
+            )
+    return sorted(per_user.values(), key=lambda d: d.user_id)

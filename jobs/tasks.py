@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import before_task_publish, worker_ready
 
 from jobsite.celery_app import app
 
-from . import runner, services
+from . import runner, schedules, services
 from .registry import JobType
 
 log = logging.getLogger(__name__)
@@ -49,3 +50,39 @@ def sweep_when_a_worker_starts(**kwargs) -> None:
         sweep.apply_async(queue="default", retry=False)
     except Exception:
         log.warning("Could not schedule the start-up sweep", exc_info=True)
+
+
+@app.task(name=schedules.ENQUEUE_TASK, bind=True, ignore_result=True)
+def enqueue_scheduled(
+    self: Task, type: str, payload: dict | None = None, priority: str = "normal", **kwargs
+) -> str:
+    """Beat's way in: enqueue a job of `type`, once per window of the firing schedule."""
+    name = getattr(self.request, "periodic_task_name", None) or kwargs.get("schedule")
+    fired_at = getattr(self.request, FIRED_AT_HEADER, None)
+    job = services.enqueue_for_schedule(
+        name,
+        type,
+        payload,
+        priority=priority,
+        fired_at=datetime.fromtimestamp(fired_at, UTC) if fired_at else None,
+    )
+    return str(job.id)
+
+
+FIRED_AT_HEADER = "jobsite_fired_at"
+
+
+@before_task_publish.connect(sender=schedules.ENQUEUE_TASK)
+def stamp_fire_time(headers: dict | None = None, **kwargs) -> None:
+    # The window is computed from when Beat fired, not from when a worker got to the
+    # message: a backed-up queue must not move a firing into the next window.
+    if headers is not None:
+        headers.setdefault(FIRED_AT_HEADER, datetime.now(UTC).timestamp())
+
+
+@worker_ready.connect
+def enqueue_startup_jobs(**kwargs) -> None:
+    try:
+        services.enqueue_startup_jobs()
+    except Exception:
+        log.warning("Could not enqueue the start-up jobs", exc_info=True)

@@ -12,6 +12,8 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
+from jobs.schedules import beat_schedule
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -186,7 +188,9 @@ if DEBUG:
 # JWT: https://django-rest-framework-simplejwt.readthedocs.io/en/latest/settings.html
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_ACCESS_LIFETIME", default=60 * 15)),
-    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_REFRESH_LIFETIME", default=60 * 60 * 24)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(
+        seconds=env.int("JWT_REFRESH_LIFETIME", default=60 * 60 * 24)
+    ),
 }
 
 # OpenAPI: https://drf-spectacular.readthedocs.io/en/latest/settings.html
@@ -231,15 +235,40 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = [
     Queue(name, routing_key=name, queue_arguments={"x-max-priority": 10}) for name in JOBS_QUEUES
 ]
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "jobs.beat:DatabaseScheduler"
 JOBS_SWEEP_INTERVAL = env.float("JOBS_SWEEP_INTERVAL", default=5.0)
-CELERY_BEAT_SCHEDULE = {
-    "jobs.sweep": {
+
+# Schedules, synced into django-celery-beat's tables after `migrate` and by
+# `manage.py sync_schedules` (see jobs/schedules.py). `DISABLE_<NAME>_CRON=1` switches
+# one off, e.g. DISABLE_DIGEST_CRON.
+JOBS_SCHEDULES: dict[str, dict] = {
+    "sweep": {
         "task": "jobs.sweep",
-        "schedule": JOBS_SWEEP_INTERVAL,
-        "options": {"queue": "default", "expires": JOBS_SWEEP_INTERVAL * 2},
+        "every": max(1.0, JOBS_SWEEP_INTERVAL),
+        "expire_seconds": max(2, int(JOBS_SWEEP_INTERVAL * 2)),
+        "description": "Send undispatched and due jobs; recover stalled ones.",
+    },
+    "purge": {
+        "job": "system.purge",
+        "cron": env("PURGE_CRON", default="17 * * * *"),
+        "description": "Delete finished jobs past their type's retention.",
+    },
+    "result-cleanup": {
+        "task": "celery.backend_cleanup",
+        "cron": env("RESULT_CLEANUP_CRON", default="0 4 * * *"),
+        "expire_seconds": 12 * 60 * 60,
+        "description": "Delete expired Celery task results.",
+    },
+    "digest": {
+        "job": "email.digest",
+        "cron": env("DIGEST_CRON", default="0 7 * * *"),
+        "payload": {"hours": 24},
+        "description": "E-mail each user a summary of yesterday's jobs.",
     },
 }
+# The same schedules for a file-based Beat (`celery beat -S celery.beat:PersistentScheduler`);
+# the database scheduler reads the synced rows instead.
+CELERY_BEAT_SCHEDULE = beat_schedule(JOBS_SCHEDULES)
 
 # The job engine (jobs/).
 # A running job whose heartbeat is older than this returns to the queue.

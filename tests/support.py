@@ -174,8 +174,10 @@ class WorkerProcess:
         broker_url: str | None = None,
         smtp: SmtpSink | None = None,
         env: dict[str, str] | None = None,
+        scheduler: str = "celery.beat:PersistentScheduler",
     ):
         self.name = name
+        self.scheduler = scheduler
         self.queues = queues or ALL_QUEUES
         self.concurrency = concurrency
         self.beat = beat
@@ -208,7 +210,7 @@ class WorkerProcess:
         if self.beat:
             args += [
                 "--beat",
-                "--scheduler", "celery.beat:PersistentScheduler",
+                "--scheduler", self.scheduler,
                 "--schedule", str(self.schedule_path),
             ]  # fmt: skip
         return args

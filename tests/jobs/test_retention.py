@@ -1,0 +1,91 @@
+"""Finished jobs are purged by their type's retention policy; the rest stay."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from jobs import services
+from jobs.models import Job, JobEvent, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def finished_jobs(count: int, status: str, age: timedelta, type_name: str = "system.noop"):
+    finished_at = timezone.now() - age
+    return Job.objects.bulk_create(
+        [
+            Job(type=type_name, status=status, queue="default", finished_at=finished_at)
+            for _ in range(count)
+        ]
+    )
+
+
+def test_succeeded_jobs_older_than_a_day_are_purged_and_newer_ones_kept():
+    old = finished_jobs(3, Status.SUCCEEDED, timedelta(hours=25))
+    recent = finished_jobs(2, Status.SUCCEEDED, timedelta(hours=23))
+    for job in old:
+        JobEvent.objects.create(job=job, kind="succeeded")
+
+    deleted = services.purge_finished()
+
+    assert deleted == {"system.noop": 3}
+    assert set(Job.objects.values_list("id", flat=True)) == {j.id for j in recent}
+    assert not JobEvent.objects.filter(job_id__in=[j.id for j in old]).exists()
+
+
+def test_only_the_newest_thousand_succeeded_jobs_of_a_type_are_kept():
+    oldest = finished_jobs(5, Status.SUCCEEDED, timedelta(hours=2))
+    newest = finished_jobs(1000, Status.SUCCEEDED, timedelta(hours=1))
+
+    services.purge_finished()
+
+    remaining = set(Job.objects.values_list("id", flat=True))
+    assert remaining == {j.id for j in newest}
+    assert not remaining & {j.id for j in oldest}
+
+
+def test_failed_and_cancelled_jobs_are_kept_for_a_week():
+    week_old = finished_jobs(2, Status.FAILED, timedelta(days=7, hours=1))
+    week_old += finished_jobs(1, Status.CANCELLED, timedelta(days=7, hours=1))
+    kept = finished_jobs(2, Status.FAILED, timedelta(days=6))
+
+    deleted = services.purge_finished()
+
+    assert deleted == {"system.noop": 3}
+    assert set(Job.objects.values_list("id", flat=True)) == {j.id for j in kept}
+
+
+def test_queued_and_running_jobs_are_never_purged():
+    long_ago = timezone.now() - timedelta(days=30)
+    Job.objects.create(type="system.noop", status=Status.QUEUED, created_at=long_ago)
+    Job.objects.create(type="system.noop", status=Status.RUNNING, started_at=long_ago)
+
+    assert services.purge_finished() == {}
+    assert Job.objects.count() == 2
+
+
+def test_each_type_follows_its_own_policy():
+    # system.purge keeps its own runs for two days, not one.
+    finished_jobs(1, Status.SUCCEEDED, timedelta(hours=30), type_name="system.purge")
+    finished_jobs(1, Status.SUCCEEDED, timedelta(hours=30), type_name="system.noop")
+
+    assert services.purge_finished() == {"system.noop": 1}
+
+
+@pytest.mark.worker
+def test_the_purge_job_runs_on_the_maintenance_queue(transactional_db, worker):
+    finished_jobs(4, Status.SUCCEEDED, timedelta(days=2))
+
+    job = services.enqueue("system.purge").job
+
+    def finished() -> bool:
+        job.refresh_from_db()
+        return job.status == Status.SUCCEEDED
+
+    from tests.support import wait_for
+
+    wait_for(finished, timeout=30, what="the purge job")
+    assert job.queue == "maintenance"
+    assert job.result == {"deleted": {"system.noop": 4}, "total": 4}
+    assert not Job.objects.filter(type="system.noop").exists()
