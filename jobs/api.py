@@ -243,8 +243,8 @@ class JobViewSet(viewsets.GenericViewSet):
         )
         if row is None:
             raise Http404
-        etag = _etag(row)
-        if etag in _if_none_match(request):
+        etag = etag_for(row)
+        if etag in if_none_match(request):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         response = Response(JobStatusSerializer(row).data)
         response["ETag"] = etag
@@ -287,12 +287,12 @@ def _job_id_or_404(value: str) -> uuid.UUID:
         raise Http404 from None
 
 
-def _etag(row: dict) -> str:
+def etag_for(row: dict) -> str:
     raw = f"{row['status']}|{row['progress']}|{row['message']}|{row['updated_at'].isoformat()}"
     return '"' + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest() + '"'
 
 
-def _if_none_match(request: Request) -> set[str]:
+def if_none_match(request: Request) -> set[str]:
     header = request.headers.get("If-None-Match", "")
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 

@@ -18,6 +18,7 @@ _run_dir = tempfile.mkdtemp(prefix="jobsite-test-")
 atexit.register(shutil.rmtree, _run_dir, ignore_errors=True)
 if not os.environ.get("DATABASE_URL"):
     os.environ.setdefault("DATABASE_TEST_NAME", os.path.join(_run_dir, "test.sqlite3"))
+os.environ.setdefault("MEDIA_ROOT", os.path.join(_run_dir, "media"))
 
 if not os.environ.get("REDIS_URL"):
     from jobsite.embedded_redis import EmbeddedRedis
