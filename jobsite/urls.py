@@ -25,6 +25,7 @@ api_patterns = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("api/", include(api_patterns)),
     path("health/", health.health, name="health"),
     path("", include("reports.urls")),

@@ -57,6 +57,26 @@ class Report(models.Model):
         return Status.SUCCEEDED if self.file else Status.FAILED
 
     @property
+    def status_label(self) -> str:
+        return "Ready" if self.status == Status.SUCCEEDED else Status(self.status).label
+
+    @property
+    def progress(self) -> int:
+        return self.job.progress if self.job_id is not None else 100
+
+    @property
+    def message(self) -> str:
+        return self.job.message if self.job_id is not None else ""
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (Status.QUEUED, Status.RUNNING)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (Status.FAILED, Status.CANCELLED) and self.job_id is not None
+
+    @property
     def is_ready(self) -> bool:
         return self.status == Status.SUCCEEDED and bool(self.file)
 

@@ -1,0 +1,153 @@
+// The reports page without reloads: generate, cancel and retry by fetch, filter in place
+// (kept in the URL), and poll each active report's status endpoint about once a second,
+// stopping when none is active. Without this script the page still works through its forms.
+(function () {
+  "use strict";
+
+  const POLL_MS = 1000;
+  const ACTIVE = new Set(["queued", "running"]);
+  const LABELS = { queued: "Queued", running: "Running", succeeded: "Ready", failed: "Failed", cancelled: "Cancelled" };
+  const rows = document.getElementById("report-rows");
+  const reportForm = document.getElementById("report-form");
+  const filterForm = document.getElementById("filter-form");
+  const etags = new Map();
+  let timer = null;
+
+  function csrfToken() {
+    const field = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return field ? field.value : "";
+  }
+
+  function fetchHtml(url, options) {
+    return fetch(url, Object.assign({ credentials: "same-origin", headers: { "X-Requested-With": "fetch" } }, options));
+  }
+
+  function toRow(html) {
+    const table = document.createElement("tbody");
+    table.innerHTML = html.trim();
+    return table.firstElementChild;
+  }
+
+  function activeRows() {
+    return Array.from(rows.querySelectorAll("tr.report")).filter((tr) => ACTIVE.has(tr.dataset.status));
+  }
+
+  function ensurePolling() {
+    if (timer === null && activeRows().length) {
+      timer = window.setInterval(poll, POLL_MS);
+    }
+  }
+
+  function stopPollingIfIdle() {
+    if (timer !== null && !activeRows().length) {
+      window.clearInterval(timer);
+      timer = null;
+    }
+  }
+
+  async function poll() {
+    await Promise.all(activeRows().map(refreshStatus));
+    stopPollingIfIdle();
+  }
+
+  async function refreshStatus(tr) {
+    const id = tr.dataset.id;
+    const headers = etags.has(id) ? { "If-None-Match": etags.get(id) } : {};
+    let response;
+    try {
+      response = await fetch(`/api/reports/${id}/status/`, { credentials: "same-origin", headers });
+    } catch (error) {
+      return; // offline for a moment: try again on the next tick
+    }
+    if (response.status === 304 || !response.ok) return;
+    etags.set(id, response.headers.get("ETag"));
+    const body = await response.json();
+    if (body.status !== tr.dataset.status && !ACTIVE.has(body.status)) {
+      await replaceRow(id); // finished: new actions, finish time
+      return;
+    }
+    showStatus(tr, body);
+  }
+
+  function showStatus(tr, body) {
+    tr.dataset.status = body.status;
+    const badge = tr.querySelector("[data-role=badge]");
+    badge.textContent = LABELS[body.status] || body.status;
+    badge.className = `badge badge-${body.status}`;
+    const bar = tr.querySelector("[data-role=bar]");
+    bar.setAttribute("aria-valuenow", body.progress);
+    bar.firstElementChild.style.width = `${body.progress}%`;
+    tr.querySelector("[data-role=message]").textContent = body.message;
+  }
+
+  async function replaceRow(id) {
+    const response = await fetchHtml(`/reports/${id}/row/`);
+    const current = document.getElementById(`report-${id}`);
+    if (response.ok && current) {
+      current.replaceWith(toRow(await response.text()));
+    }
+  }
+
+  async function submitReport(event) {
+    event.preventDefault();
+    const response = await fetchHtml(reportForm.action, { method: "POST", body: new FormData(reportForm) });
+    const errors = document.getElementById("form-errors");
+    if (response.status === 201) {
+      errors.innerHTML = "";
+      rows.querySelector("tr.empty")?.remove();
+      rows.prepend(toRow(await response.text()));
+      ensurePolling();
+    } else {
+      errors.innerHTML = await response.text();
+    }
+  }
+
+  async function submitAction(event) {
+    const form = event.target.closest("form[data-action]");
+    if (!form) return;
+    event.preventDefault();
+    const tr = form.closest("tr");
+    const response = await fetchHtml(form.action, {
+      method: "POST",
+      body: new FormData(form),
+      headers: { "X-Requested-With": "fetch", "X-CSRFToken": csrfToken() },
+    });
+    if (response.ok) {
+      etags.delete(tr.dataset.id);
+      tr.replaceWith(toRow(await response.text()));
+      ensurePolling();
+    } else {
+      await replaceRow(tr.dataset.id); // someone else changed it first: show what it is now
+    }
+  }
+
+  async function applyFilters(event) {
+    if (event) event.preventDefault();
+    const params = new URLSearchParams(new FormData(filterForm));
+    for (const [key, value] of Array.from(params.entries())) {
+      if (!value) params.delete(key);
+    }
+    const query = params.toString();
+    const response = await fetchHtml(`/reports/rows/${query ? "?" + query : ""}`);
+    if (!response.ok) return;
+    rows.innerHTML = await response.text();
+    window.history.replaceState(null, "", `/reports/${query ? "?" + query : ""}`);
+    etags.clear();
+    ensurePolling();
+  }
+
+  function showKindFields() {
+    const kind = reportForm.querySelector("[name=kind]").value;
+    reportForm.querySelectorAll("[data-kind]").forEach((label) => {
+      label.hidden = label.dataset.kind !== kind;
+    });
+  }
+
+  reportForm.addEventListener("submit", submitReport);
+  reportForm.querySelector("[name=kind]").addEventListener("change", showKindFields);
+  rows.addEventListener("submit", submitAction);
+  filterForm.addEventListener("submit", applyFilters);
+  filterForm.querySelector("[name=status]").addEventListener("change", () => applyFilters());
+  showKindFields();
+  ensurePolling();
+})();
