@@ -112,3 +112,18 @@ def test_download_is_409_until_ready(browser, user):
     report = services.request_report(user, "job_activity")
 
     assert browser.get(f"/reports/{report.id}/download/").status_code == 409
+
+
+def test_signing_in_with_the_form_and_out_again(client, user):
+    from tests.conftest import PASSWORD
+
+    wrong = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    assert wrong.status_code == 200 and "do not match" in wrong.content.decode()
+
+    signed_in = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert signed_in["Location"] == "/reports/"
+    assert client.get("/reports/").status_code == 200
+
+    signed_out = client.post("/accounts/logout/")
+    assert signed_out["Location"] == "/accounts/login/"
+    assert client.get("/reports/").status_code == 302
