@@ -136,6 +136,13 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+# Notes images: Cloudinary when CLOUDINARY_URL is set (cloudinary://key:secret@cloud),
+# else Django storage under MEDIA_ROOT.
+CLOUDINARY_URL = env("CLOUDINARY_URL", default="")
+CLOUDINARY_FOLDER = env("CLOUDINARY_FOLDER", default="jobsite")
+NOTES_IMAGE_MAX_BYTES = env.int("NOTES_IMAGE_MAX_BYTES", default=5 * 1024 * 1024)
+NOTES_CLEANUP_BATCH = env.int("NOTES_CLEANUP_BATCH", default=50)
+NOTES_CLEANUP_GRACE_HOURS = env.float("NOTES_CLEANUP_GRACE_HOURS", default=24.0)
 # Links in e-mails (a report's download link) start with this.
 SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
 STORAGES = {
@@ -263,6 +270,19 @@ JOBS_SCHEDULES: dict[str, dict] = {
         "cron": env("RESULT_CLEANUP_CRON", default="0 4 * * *"),
         "expire_seconds": 12 * 60 * 60,
         "description": "Delete expired Celery task results.",
+    },
+    "image-cleanup": {
+        "job": "notes.image_cleanup",
+        "payload": {"type": "comprehensive"},
+        "cron": env("IMAGE_CLEANUP_CRON", default="0 */6 * * *"),
+        "run_at_startup": True,
+        "description": "Mark images no page shows; delete those marked past the grace period.",
+    },
+    "reminder": {
+        "job": "notes.task_reminders",
+        "cron": env("REMINDER_CRON", default="*/5 * * * *"),
+        "run_at_startup": True,
+        "description": "E-mail owners about tasks due soon and overdue.",
     },
     "digest": {
         "job": "email.digest",

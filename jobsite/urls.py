@@ -21,6 +21,7 @@ api_patterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("jobs.urls")),
     path("", include("reports.api_urls")),
+    path("", include("notes.urls")),
 ]
 
 urlpatterns = [

@@ -1,0 +1,205 @@
+"""The notes HTTP API: pages, images and todo tasks, each scoped to its owner."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from jobs import services as jobs_services
+from jobs.api import JobSerializer
+
+from . import services
+from .models import Image, Page, Task
+
+
+class PageSerializer(serializers.ModelSerializer):
+    image_ids = serializers.PrimaryKeyRelatedField(source="images", many=True, read_only=True)
+
+    class Meta:
+        model = Page
+        fields = [
+            "id",
+            "title",
+            "content",
+            "image_ids",
+            "accepted_version",
+            "applied_version",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["image_ids", "accepted_version", "applied_version"]
+
+
+class PageUpdateSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=200, required=False)
+    content = serializers.CharField(allow_blank=True, max_length=1_000_000, required=False)
+
+    def validate(self, data: dict) -> dict:
+        if not data:
+            raise serializers.ValidationError("Send content, title, or both.")
+        return data
+
+
+class NotesPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class OwnedMixin:
+    pagination_class = NotesPagination
+
+    def get_queryset(self):
+        return self.queryset.filter(owner=self.request.user)
+
+
+@extend_schema(tags=["notes"])
+class PageViewSet(OwnedMixin, viewsets.ModelViewSet):
+    """Create is immediate; an update returns 202 with the save job that applies it."""
+
+    queryset = Page.objects.prefetch_related("images")
+    serializer_class = PageSerializer
+
+    def create(self, request: Request) -> Response:
+        incoming = PageSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        page = services.create_page(
+            request.user,
+            incoming.validated_data["title"],
+            incoming.validated_data.get("content", ""),
+        )
+        return Response(PageSerializer(page).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=PageUpdateSerializer, responses={202: JobSerializer})
+    def update(self, request: Request, *args, **kwargs) -> Response:
+        page = self.get_object()
+        incoming = PageUpdateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        job = services.accept_save(page, data.get("content", page.content), data.get("title"))
+        return Response(
+            {"page_id": page.id, "job": JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED
+        )
+
+    partial_update = update
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    job_id = serializers.UUIDField(read_only=True)
+
+    class Meta:
+        model = Image
+        fields = [
+            "id",
+            "status",
+            "original_name",
+            "content_type",
+            "size",
+            "width",
+            "height",
+            "backend",
+            "public_id",
+            "url",
+            "error",
+            "orphaned_at",
+            "job_id",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class CleanupSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=services.CLEANUP_KINDS, default="comprehensive")
+
+
+@extend_schema(tags=["notes"])
+class ImageViewSet(
+    OwnedMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Image.objects.all()
+    serializer_class = ImageSerializer
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
+        responses={202: ImageSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        upload = request.FILES.get("file")
+        if upload is None:
+            return _bad("file", "Send the image as the multipart field 'file'.")
+        if upload.size > settings.NOTES_IMAGE_MAX_BYTES:
+            return _bad(
+                "file",
+                f"The image is {upload.size} bytes; the limit is {settings.NOTES_IMAGE_MAX_BYTES}.",
+            )
+        try:
+            image = services.accept_upload(request.user, upload.name, upload.read())
+        except services.InvalidUpload as exc:
+            return _bad("file", str(exc))
+        return Response(ImageSerializer(image).data, status=status.HTTP_202_ACCEPTED)
+
+    def perform_destroy(self, image: Image) -> None:
+        services.delete_from_store(image)
+        image.delete()
+
+    @extend_schema(request=CleanupSerializer, responses={202: JobSerializer})
+    @action(detail=False, methods=["post"], permission_classes=[permissions.IsAdminUser])
+    def cleanup(self, request: Request) -> Response:
+        """Staff: run the image clean-up now."""
+        incoming = CleanupSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        job = jobs_services.enqueue(
+            "notes.image_cleanup", {"type": incoming.validated_data["type"]}, owner=request.user
+        ).job
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _bad(field: str, message: str) -> Response:
+    return Response(
+        {"detail": f"Invalid input: {field}.", "code": "invalid", "errors": {field: [message]}},
+        status=status.HTTP_400_BAD_REQUEST,
+    )
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "title",
+            "due_at",
+            "done",
+            "due_soon_sent_at",
+            "overdue_sent_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["due_soon_sent_at", "overdue_sent_at"]
+
+
+@extend_schema(tags=["notes"])
+class TaskViewSet(OwnedMixin, viewsets.ModelViewSet):
+    queryset = Task.objects.all()
+    serializer_class = TaskSerializer
+
+    def perform_create(self, serializer) -> None:
+        serializer.save(owner=self.request.user)
+
+    def perform_update(self, serializer) -> None:
+        services.update_task(serializer.instance, **serializer.validated_data)

@@ -1,0 +1,375 @@
+"""Notes: page saves in order, image uploads to Cloudinary or storage, image clean-up,
+task reminders. Views and jobs call these; the rules live here."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.mail import EmailMessage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from jobs import services as jobs_services
+from jobs.context import JobContext
+from jobs.errors import PermanentError
+
+from .models import Image, ImageStatus, Page, Task
+
+log = logging.getLogger(__name__)
+
+ALLOWED_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+}
+MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+IMAGE_ID = re.compile(r"(?:image:|/api/notes/images/)(\d+)")
+
+
+class InvalidUpload(ValueError):
+    pass
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+def create_page(owner, title: str, content: str = "") -> Page:
+    with transaction.atomic():
+        page = Page.objects.create(owner=owner, title=title, content=content)
+        link_images(page, content)
+    return page
+
+
+def accept_save(page: Page, content: str, title: str | None = None):
+    """Number this save and queue the job that applies it. Returns the job."""
+    with transaction.atomic():
+        Page.objects.filter(id=page.id).update(accepted_version=F("accepted_version") + 1)
+        version = Page.objects.values_list("accepted_version", flat=True).get(id=page.id)
+        payload = {"page_id": page.id, "version": version, "content": content}
+        if title is not None:
+            payload["title"] = title
+        return jobs_services.enqueue("notes.save_page", payload, owner=page.owner).job
+
+
+def apply_save(page_id: int, version: int, content: str, title: str | None = None) -> bool:
+    """Apply save number `version` unless a newer one is already applied. True if applied."""
+    with transaction.atomic():
+        changes: dict[str, Any] = {
+            "content": content,
+            "applied_version": version,
+            "updated_at": timezone.now(),
+        }
+        if title is not None:
+            changes["title"] = title
+        applied = Page.objects.filter(id=page_id, applied_version__lt=version).update(**changes)
+        if applied:
+            link_images(Page.objects.get(id=page_id), content)
+    return bool(applied)
+
+
+def referenced_image_ids(owner_id: int, content: str) -> set[int]:
+    """The owner's images the markdown shows, by URL or by id."""
+    urls = set(MARKDOWN_IMAGE.findall(content))
+    ids = {int(i) for i in IMAGE_ID.findall(content)}
+    if not urls and not ids:
+        return set()
+    matches = Image.objects.filter(owner_id=owner_id).filter(Q(url__in=urls) | Q(id__in=ids))
+    return set(matches.values_list("id", flat=True))
+
+
+def link_images(page: Page, content: str) -> None:
+    page.images.set(referenced_image_ids(page.owner_id, content))
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    content_type: str
+    width: int
+    height: int
+
+
+def sniff_image(data: bytes) -> Sniffed:
+    """What the bytes really are: refuse anything but PNG, JPEG, GIF and WebP."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            img.verify()
+            kind, (width, height) = img.format, img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidUpload("The file is not an image we accept (PNG, JPEG, GIF, WebP).") from exc
+    if kind not in ALLOWED_FORMATS:
+        raise InvalidUpload(f"{kind} images are not accepted; use PNG, JPEG, GIF or WebP.")
+    return Sniffed(ALLOWED_FORMATS[kind], width, height)
+
+
+def accept_upload(owner, name: str, data: bytes) -> Image:
+    """Check the upload, keep its bytes, and queue the job that stores it."""
+    limit = settings.NOTES_IMAGE_MAX_BYTES
+    if len(data) > limit:
+        raise InvalidUpload(f"The image is {len(data)} bytes; the limit is {limit}.")
+    if not data:
+        raise InvalidUpload("The file is empty.")
+    sniffed = sniff_image(data)
+    with transaction.atomic():
+        image = Image.objects.create(
+            owner=owner,
+            original_name=name[:255],
+            content_type=sniffed.content_type,
+            size=len(data),
+            width=sniffed.width,
+            height=sniffed.height,
+        )
+        image.file.save(_stored_name(image), ContentFile(data), save=True)
+        image.job = jobs_services.enqueue(
+            "notes.upload_image", {"image_id": image.id}, owner=owner
+        ).job
+        image.save(update_fields=["job"])
+    return image
+
+
+def _stored_name(image: Image) -> str:
+    extension = image.content_type.split("/")[1].replace("jpeg", "jpg")
+    return f"{image.id}.{extension}"
+
+
+def cloudinary_configured() -> bool:
+    return bool(settings.CLOUDINARY_URL)
+
+
+def store_image(ctx: JobContext, image_id: int) -> dict[str, Any]:
+    """Send the image to Cloudinary (or keep it in storage) and record where it is."""
+    image = Image.objects.filter(id=image_id).first()
+    if image is None:
+        raise PermanentError(f"Image {image_id} no longer exists")
+    if image.status == ImageStatus.STORED:
+        return {"image_id": image.id, "url": image.url, "already": True}
+    if cloudinary_configured():
+        result = _upload_to_cloudinary(image)
+        staged = image.file.name
+        image.backend, image.public_id, image.url = (
+            "cloudinary",
+            result["public_id"],
+            result["secure_url"],
+        )
+        image.width = result.get("width") or image.width
+        image.height = result.get("height") or image.height
+        image.file = ""
+        image.status = ImageStatus.STORED
+        image.save()
+        default_storage.delete(staged)
+    else:
+        image.backend, image.public_id = "storage", image.file.name
+        image.url = image.file.url
+        image.status = ImageStatus.STORED
+        image.save()
+    return {"image_id": image.id, "url": image.url, "backend": image.backend}
+
+
+def _upload_to_cloudinary(image: Image) -> dict[str, Any]:
+    import cloudinary
+    import cloudinary.uploader
+
+    cloudinary.reset_config()  # read CLOUDINARY_URL as it is now
+    with image.file.open("rb") as f:
+        return cloudinary.uploader.upload(
+            f.read(),
+            public_id=f"{settings.CLOUDINARY_FOLDER}/{image.owner_id}/{image.id}",
+            overwrite=True,
+            resource_type="image",
+        )
+
+
+def mark_upload_failed(image_id: int, error: str) -> None:
+    Image.objects.filter(id=image_id).exclude(status=ImageStatus.STORED).update(
+        status=ImageStatus.FAILED, error=error
+    )
+
+
+def delete_from_store(image: Image) -> None:
+    if image.backend == "cloudinary":
+        import cloudinary
+        import cloudinary.uploader
+
+        cloudinary.reset_config()
+        result = cloudinary.uploader.destroy(image.public_id, resource_type="image")
+        if result.get("result") not in ("ok", "not found"):
+            raise RuntimeError(f"Cloudinary refused to delete {image.public_id}: {result}")
+    if image.file:
+        image.file.delete(save=False)
+
+
+# --- clean-up ---------------------------------------------------------------------------
+
+CLEANUP_KINDS = ("mark-orphaned", "delete-marked", "comprehensive")
+
+
+def unreferenced_images():
+    return Image.objects.filter(status=ImageStatus.STORED, pages__isnull=True)
+
+
+def cleanup_images(
+    kind: str, batch_size: int, grace: timedelta, progress=lambda message: None
+) -> dict[str, int]:
+    """Mark stored images no page shows, un-mark those shown again, and delete images
+    marked longer than `grace` from their store and the database, `batch_size` at a time."""
+    counts = {"marked": 0, "unmarked": 0, "deleted": 0}
+    if kind in ("mark-orphaned", "comprehensive"):
+        counts["unmarked"] = _in_batches(
+            Image.objects.filter(orphaned_at__isnull=False, pages__isnull=False),
+            batch_size,
+            lambda ids: Image.objects.filter(id__in=ids).update(orphaned_at=None),
+        )
+        now = timezone.now()
+        counts["marked"] = _in_batches(
+            unreferenced_images().filter(orphaned_at__isnull=True),
+            batch_size,
+            lambda ids: Image.objects.filter(id__in=ids, pages__isnull=True).update(
+                orphaned_at=now
+            ),
+        )
+        progress(f"Marked {counts['marked']}, un-marked {counts['unmarked']}")
+    if kind in ("delete-marked", "comprehensive"):
+        cutoff = timezone.now() - grace
+        counts["deleted"] = _in_batches(
+            unreferenced_images().filter(orphaned_at__lt=cutoff),
+            batch_size,
+            _delete_images,
+        )
+        progress(f"Deleted {counts['deleted']}")
+    return counts
+
+
+def _in_batches(queryset, batch_size: int, handle) -> int:
+    done, after = 0, 0
+    while True:
+        ids = list(
+            queryset.filter(id__gt=after).order_by("id").values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return done
+        done += handle(ids) or 0
+        after = ids[-1]
+
+
+def _delete_images(ids: list[int]) -> int:
+    deleted = 0
+    for image in Image.objects.filter(id__in=ids, pages__isnull=True):
+        delete_from_store(image)
+        image.delete()
+        deleted += 1
+    return deleted
+
+
+# --- reminders --------------------------------------------------------------------------
+
+
+@dataclass
+class Reminder:
+    email: str
+    username: str
+    due_soon: list[Task]
+    overdue: list[Task]
+
+    def text(self) -> str:
+        lines = [f"Hello {self.username},", ""]
+        if self.due_soon:
+            lines.append("Due within the hour:")
+            lines += [
+                f"  - {t.title} (due {timezone.localtime(t.due_at):%H:%M})" for t in self.due_soon
+            ]
+        if self.overdue:
+            lines.append("Overdue:")
+            lines += [
+                f"  - {t.title} (was due {timezone.localtime(t.due_at):%Y-%m-%d %H:%M})"
+                for t in self.overdue
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def send_task_reminders(now: datetime | None = None) -> dict[str, int]:
+    """E-mail each owner about tasks due within the hour (with five minutes' slack) and
+    overdue ones, once per task and kind. Tasks are claimed before the e-mail goes out
+    and released if it cannot be sent, so no task is reminded twice."""
+    now = now or timezone.now()
+    horizon = now + timedelta(minutes=65)
+    open_tasks = Task.objects.filter(done=False, owner__email__gt="")
+    due_soon = open_tasks.filter(due_at__gt=now, due_at__lte=horizon, due_soon_sent_at__isnull=True)
+    overdue = open_tasks.filter(due_at__lte=now, overdue_sent_at__isnull=True)
+    soon_ids = _claim(due_soon, "due_soon_sent_at", now)
+    overdue_ids = _claim(overdue, "overdue_sent_at", now)
+    sent = 0
+    for reminder in _reminders(soon_ids, overdue_ids).values():
+        try:
+            EmailMessage(
+                _reminder_subject(reminder),
+                reminder.text(),
+                settings.DEFAULT_FROM_EMAIL,
+                [reminder.email],
+            ).send()
+        except Exception:
+            Task.objects.filter(id__in=[t.id for t in reminder.due_soon]).update(
+                due_soon_sent_at=None
+            )
+            Task.objects.filter(id__in=[t.id for t in reminder.overdue]).update(
+                overdue_sent_at=None
+            )
+            raise
+        sent += 1
+    return {"emails": sent, "due_soon": len(soon_ids), "overdue": len(overdue_ids)}
+
+
+def _claim(queryset, flag: str, now: datetime) -> list[int]:
+    ids = list(queryset.values_list("id", flat=True))
+    if not ids:
+        return []
+    claimed = []
+    for task_id in ids:
+        # One conditional UPDATE per task: a second run at the same moment claims nothing.
+        if Task.objects.filter(id=task_id, **{f"{flag}__isnull": True}).update(**{flag: now}):
+            claimed.append(task_id)
+    return claimed
+
+
+def _reminders(soon_ids: list[int], overdue_ids: list[int]) -> dict[int, Reminder]:
+    reminders: dict[int, Reminder] = {}
+    tasks = Task.objects.filter(id__in=[*soon_ids, *overdue_ids]).select_related("owner")
+    for task in tasks.order_by("due_at"):
+        reminder = reminders.setdefault(
+            task.owner_id, Reminder(task.owner.email, task.owner.get_username(), [], [])
+        )
+        (reminder.due_soon if task.id in soon_ids else reminder.overdue).append(task)
+    return reminders
+
+
+def _reminder_subject(reminder: Reminder) -> str:
+    parts = []
+    if reminder.due_soon:
+        parts.append(f"{len(reminder.due_soon)} due soon")
+    if reminder.overdue:
+        parts.append(f"{len(reminder.overdue)} overdue")
+    return "Tasks: " + ", ".join(parts)
+
+
+def update_task(task: Task, **changes: Any) -> Task:
+    """Change a task; a new due time earns new reminders."""
+    if "due_at" in changes and changes["due_at"] != task.due_at:
+        task.due_soon_sent_at = None
+        task.overdue_sent_at = None
+    for field, value in changes.items():
+        setattr(task, field, value)
+    task.save()
+    return task
