@@ -1,0 +1,123 @@
+"""Task reminders: due within the hour (give or take five minutes) and overdue, once
+per task and kind; done tasks are skipped."""
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from jobs import services as jobs_services
+from notes import services
+from notes.models import Task
+from tests.support import wait_for
+
+NOW = timezone.now().replace(microsecond=0)
+
+
+def task(owner, title: str, due_in: timedelta | None, done: bool = False) -> Task:
+    return Task.objects.create(
+        owner=owner, title=title, due_at=NOW + due_in if due_in is not None else None, done=done
+    )
+
+
+@pytest.mark.django_db
+def test_reminders_at_the_edges_of_the_window(user):
+    for minutes in (59, 60, 65, 66):
+        task(user, f"in {minutes} min", timedelta(minutes=minutes))
+
+    result = services.send_task_reminders(now=NOW)
+
+    assert result == {"emails": 1, "due_soon": 3, "overdue": 0}
+    [message] = mail.outbox
+    assert message.to == [user.email]
+    assert "in 59 min" in message.body and "in 60 min" in message.body
+    assert "in 65 min" in message.body and "in 66 min" not in message.body
+
+
+@pytest.mark.django_db
+def test_overdue_tasks_are_reminded_and_done_ones_skipped(user, other_user):
+    task(user, "late report", timedelta(hours=-2))
+    task(user, "finished", timedelta(minutes=-5), done=True)
+    task(user, "someday", None)
+    task(other_user, "bob's call", timedelta(minutes=30))
+
+    result = services.send_task_reminders(now=NOW)
+
+    assert result == {"emails": 2, "due_soon": 1, "overdue": 1}
+    by_recipient = {m.to[0]: m for m in mail.outbox}
+    assert "Overdue:" in by_recipient[user.email].body
+    assert "late report" in by_recipient[user.email].body
+    assert "finished" not in by_recipient[user.email].body
+    assert "bob's call" in by_recipient[other_user.email].body
+
+
+@pytest.mark.django_db
+def test_a_second_run_sends_nothing_again(user):
+    soon = task(user, "standup", timedelta(minutes=30))
+    task(user, "late", timedelta(minutes=-30))
+    services.send_task_reminders(now=NOW)
+
+    again = services.send_task_reminders(now=NOW + timedelta(minutes=5))
+
+    assert again == {"emails": 0, "due_soon": 0, "overdue": 0}
+    assert len(mail.outbox) == 1
+    soon.refresh_from_db()
+    assert soon.due_soon_sent_at == NOW
+    # Once due, the same task earns its overdue reminder, once.
+    assert services.send_task_reminders(now=NOW + timedelta(minutes=31))["overdue"] == 1
+    assert services.send_task_reminders(now=NOW + timedelta(minutes=40))["overdue"] == 0
+
+
+@pytest.mark.django_db
+def test_moving_the_due_time_earns_a_new_reminder(user):
+    standup = task(user, "standup", timedelta(minutes=30))
+    services.send_task_reminders(now=NOW)
+
+    services.update_task(standup, due_at=NOW + timedelta(minutes=50))
+
+    assert services.send_task_reminders(now=NOW)["due_soon"] == 1
+
+
+@pytest.mark.django_db
+def test_when_the_mail_cannot_be_sent_the_tasks_are_released(user, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
+    standup = task(user, "standup", timedelta(minutes=30))
+
+    with pytest.raises(OSError):
+        services.send_task_reminders(now=NOW)
+
+    standup.refresh_from_db()
+    assert standup.due_soon_sent_at is None
+
+
+@pytest.mark.worker
+def test_the_reminder_job_runs_on_a_worker(user, worker, smtp_sink):
+    Task.objects.create(owner=user, title="pay rent", due_at=timezone.now() + timedelta(minutes=20))
+
+    job = jobs_services.enqueue("notes.task_reminders").job
+
+    def finished() -> bool:
+        job.refresh_from_db()
+        return job.is_finished
+
+    wait_for(finished, timeout=30, what="the reminder job")
+    assert job.status == "succeeded", job.error
+    assert job.queue == "emails"
+    assert len(smtp_sink.messages) == 1
+    assert "pay rent" in smtp_sink.messages[0].get_payload()
+    assert smtp_sink.messages[0]["To"] == user.email
+
+
+def test_tasks_api_is_owner_scoped(api, other_api):
+    created = api.post(
+        "/api/notes/tasks/", {"title": "water plants", "due_at": "2030-01-01T09:00:00Z"}
+    )
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+
+    assert other_api.get(f"/api/notes/tasks/{task_id}/").status_code == 404
+    done = api.request("PATCH", f"/api/notes/tasks/{task_id}/", json={"done": True})
+    assert done.status_code == 200 and done.json()["done"] is True
+    assert api.post("/api/notes/tasks/", {"due_at": "tomorrow"}).status_code == 400
