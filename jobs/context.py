@@ -36,8 +36,10 @@ class JobContext:
         """
         percent = max(0, min(100, int(percent)))
         now = timezone.now()
-        updated = self._held().filter(cancel_requested=False).update(
-            progress=percent, message=message[:255], heartbeat_at=now, updated_at=now
+        updated = (
+            self._held()
+            .filter(cancel_requested=False)
+            .update(progress=percent, message=message[:255], heartbeat_at=now, updated_at=now)
         )
         if not updated:
             self._raise_why_not_held()

@@ -235,6 +235,8 @@ def enqueue_startup_jobs(now: datetime | None = None) -> list[Job]:
     waiting or running; workers starting together share one job per minute."""
     from . import schedules
 
+    if not settings.JOBS_STARTUP_JOBS:
+        return []
     now = now or timezone.now()
     jobs = []
     for schedule in schedules.declared():

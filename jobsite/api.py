@@ -30,11 +30,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         response.data = {
             "detail": _validation_summary(exc.detail),
             "code": "invalid",
-            "errors": exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail},
+            "errors": exc.detail
+            if isinstance(exc.detail, dict)
+            else {"non_field_errors": exc.detail},
         }
     elif isinstance(exc, exceptions.APIException):
-        detail = response.data.get("detail", str(exc)) if isinstance(response.data, dict) else exc.detail
-        response.data = {"detail": str(detail), "code": exc.get_codes() if isinstance(exc.get_codes(), str) else "error"}
+        detail = (
+            response.data.get("detail", str(exc)) if isinstance(response.data, dict) else exc.detail
+        )
+        response.data = {
+            "detail": str(detail),
+            "code": exc.get_codes() if isinstance(exc.get_codes(), str) else "error",
+        }
     return response
 
 

@@ -249,6 +249,8 @@ CELERY_TASK_QUEUES = [
 ]
 CELERY_BEAT_SCHEDULER = "jobs.beat:DatabaseScheduler"
 JOBS_SWEEP_INTERVAL = env.float("JOBS_SWEEP_INTERVAL", default=5.0)
+# Enqueue the schedules marked run_at_startup when a worker starts.
+JOBS_STARTUP_JOBS = env.bool("JOBS_STARTUP_JOBS", default=True)
 
 # Schedules, synced into django-celery-beat's tables after `migrate` and by
 # `manage.py sync_schedules` (see jobs/schedules.py). `DISABLE_<NAME>_CRON=1` switches

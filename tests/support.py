@@ -191,6 +191,8 @@ class WorkerProcess:
             "DJANGO_DEBUG": "0",
             "DJANGO_SECRET_KEY": "test-worker-secret",
             "PYTHONUNBUFFERED": "1",
+            # Tests that want start-up jobs ask for them.
+            "JOBS_STARTUP_JOBS": "0",
             **(smtp.env() if smtp else {}),
             **({"CELERY_BROKER_URL": broker_url} if broker_url else {}),
             **(env or {}),

@@ -56,10 +56,12 @@ def test_run_starts_redis_web_worker_beat_and_flower_and_stops_on_ctrl_c(tmp_pat
         ).json()
 
         wait_for(
-            lambda: requests.get(f"{base}/api/jobs/{job['id']}/status/", headers=headers).json()[
-                "status"
-            ]
-            == "succeeded",
+            lambda: (
+                requests.get(f"{base}/api/jobs/{job['id']}/status/", headers=headers).json()[
+                    "status"
+                ]
+                == "succeeded"
+            ),
             timeout=60,
             what="the job to succeed",
         )

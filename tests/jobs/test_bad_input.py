@@ -121,7 +121,12 @@ def test_a_past_deadline_is_not_a_reason_to_write_half_a_bulk(api):
     late = (timezone.now() - timedelta(days=1)).isoformat()
     response = api.post(
         "/api/jobs/bulk/",
-        {"jobs": [{"type": "system.noop", "run_at": late}, {"type": "system.noop", "priority": "x"}]},
+        {
+            "jobs": [
+                {"type": "system.noop", "run_at": late},
+                {"type": "system.noop", "priority": "x"},
+            ]
+        },
     )
 
     assert response.status_code == 400

@@ -76,9 +76,7 @@ def test_a_failed_job_is_retried_with_a_fresh_round_of_attempts(api, worker):
 
 @pytest.mark.worker
 def test_a_cancelled_job_can_be_retried(api, worker):
-    created = api.post(
-        "/api/jobs/", {"type": "system.sleep", "payload": {"seconds": 0.2}}
-    ).json()
+    created = api.post("/api/jobs/", {"type": "system.sleep", "payload": {"seconds": 0.2}}).json()
     api.wait_for_status(created["id"], "succeeded")
     Job.objects.filter(id=created["id"]).update(status="cancelled")
 

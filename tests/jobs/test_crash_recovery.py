@@ -15,9 +15,7 @@ SWEEP_INTERVAL = 1.0
 
 def test_a_job_held_by_a_killed_worker_succeeds_exactly_once_on_another(api, start_worker):
     first = start_worker(lock_duration=LOCK_DURATION, sweep_interval=SWEEP_INTERVAL)
-    created = api.post(
-        "/api/jobs/", {"type": "system.sleep", "payload": {"seconds": 4}}
-    ).json()
+    created = api.post("/api/jobs/", {"type": "system.sleep", "payload": {"seconds": 4}}).json()
     api.wait_for_status(created["id"], "running")
     first.kill()
     killed_at = time.monotonic()
@@ -49,8 +47,9 @@ def test_a_job_that_stalls_more_than_max_stalled_times_fails(api, start_worker):
     for attempt in (1, 2, 3):
         doomed = worker()
         wait_for(
-            lambda attempt=attempt: (j := api.job(created["id"]))["status"] == "running"
-            and j["attempts"] == attempt,
+            lambda attempt=attempt: (
+                (j := api.job(created["id"]))["status"] == "running" and j["attempts"] == attempt
+            ),
             timeout=30,
             what=f"attempt {attempt} to run",
         )

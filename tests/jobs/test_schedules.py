@@ -317,3 +317,19 @@ def test_a_disabled_schedule_is_not_run_at_startup(declared, monkeypatch):
     monkeypatch.setenv("DISABLE_IMAGE_CLEANUP_CRON", "1")
 
     assert services.enqueue_startup_jobs() == []
+
+
+@pytest.mark.worker
+def test_a_starting_worker_enqueues_the_startup_schedules(transactional_db, start_worker):
+    start_worker(env={"JOBS_STARTUP_JOBS": "1"})
+
+    def startup_jobs() -> set[str]:
+        return set(
+            Job.objects.filter(idempotency_key__contains=":startup:").values_list("type", flat=True)
+        )
+
+    wait_for(
+        lambda: startup_jobs() == {"notes.image_cleanup", "notes.task_reminders"},
+        timeout=30,
+        what="the start-up jobs",
+    )
