@@ -2,6 +2,7 @@
 and Ctrl-C stopping every process."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,15 @@ def test_run_starts_redis_web_worker_beat_and_flower_and_stops_on_ctrl_c(tmp_pat
             timeout=60,
             what="the job to succeed",
         )
+        for node in ("default", "reports", "pages", "images", "maintenance"):
+            wait_for(
+                lambda node=node: (
+                    f"{node}@" in log_path.read_text()
+                    and re.search(rf"{node}@\S+ ready\.", log_path.read_text())
+                ),
+                timeout=60,
+                what=f"the {node} worker",
+            )
         flower_url = f"http://127.0.0.1:{flower}/"
         assert wait_for(lambda: _status(flower_url), timeout=60, what="flower") == 401
         assert requests.get(flower_url, auth=("admin", "run-stack-password")).ok
