@@ -173,3 +173,16 @@ class JobEffect(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} for {self.job_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A running worker's sign of life, written by the worker itself every few seconds."""
+
+    hostname = models.CharField(max_length=255, unique=True)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.hostname

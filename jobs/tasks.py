@@ -6,7 +6,8 @@ import logging
 from datetime import UTC, datetime
 
 from celery import Task
-from celery.signals import before_task_publish, worker_ready
+from celery.signals import before_task_publish, worker_ready, worker_shutdown
+from django.conf import settings
 
 from jobsite.celery_app import app
 
@@ -86,3 +87,22 @@ def enqueue_startup_jobs(**kwargs) -> None:
         services.enqueue_startup_jobs()
     except Exception:
         log.warning("Could not enqueue the start-up jobs", exc_info=True)
+
+
+_heartbeat = None
+
+
+@worker_ready.connect
+def start_heartbeat(sender=None, **kwargs) -> None:
+    global _heartbeat
+    from .heartbeat import HeartbeatWriter
+
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+    _heartbeat = HeartbeatWriter(sender.hostname, queues, settings.WORKER_HEARTBEAT_INTERVAL)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def stop_heartbeat(**kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -1,11 +1,16 @@
-"""`/health/`: is this deployment able to run jobs? 200 when every check passes, else 503."""
+"""`/health/`: can this deployment run jobs? 200 when every check passes, else 503 with
+the failing checks named. Queues with no live worker are reported, not failed: a
+deployment may run some queues elsewhere or on demand."""
 
 from __future__ import annotations
 
 import os
 import resource
 import time
+from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
@@ -14,27 +19,63 @@ from .celery_app import app as celery_app
 STARTED = time.monotonic()
 
 
-def check_database() -> None:
+def check_database() -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+    return {}
 
 
-def check_broker() -> None:
+def check_broker() -> dict[str, Any]:
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
+    return {}
 
 
-CHECKS = {"database": check_database, "broker": check_broker}
+def check_cache() -> dict[str, Any]:
+    cache.set("health:probe", "ok", timeout=10)
+    if cache.get("health:probe") != "ok":
+        raise RuntimeError("the cache did not keep a value")
+    return {}
+
+
+def check_workers() -> dict[str, Any]:
+    from jobs.heartbeat import alive_workers
+
+    workers = list(alive_workers())
+    if not workers:
+        raise RuntimeError(
+            f"no worker heartbeat in the last {settings.WORKER_HEARTBEAT_TIMEOUT:g}s"
+        )
+    covered = {queue for worker in workers for queue in worker.queues}
+    return {
+        "alive": [
+            {"hostname": w.hostname, "queues": w.queues, "seen_at": w.seen_at.isoformat()}
+            for w in workers
+        ],
+        "queues_without_workers": [q for q in settings.JOBS_QUEUES if q not in covered],
+    }
+
+
+CHECKS = {
+    "database": check_database,
+    "broker": check_broker,
+    "cache": check_cache,
+    "workers": check_workers,
+}
+
+
+def run_checks() -> dict[str, dict[str, Any]]:
+    results = {}
+    for name, check in CHECKS.items():
+        try:
+            results[name] = {"ok": True, **check()}
+        except Exception as exc:
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return results
 
 
 def health(request: HttpRequest) -> JsonResponse:
-    checks = {}
-    for name, check in CHECKS.items():
-        try:
-            check()
-            checks[name] = {"ok": True}
-        except Exception as exc:
-            checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    checks = run_checks()
     healthy = all(c["ok"] for c in checks.values())
     body = {
         "status": "ok" if healthy else "unavailable",

@@ -249,6 +249,12 @@ CELERY_TASK_QUEUES = [
 ]
 CELERY_BEAT_SCHEDULER = "jobs.beat:DatabaseScheduler"
 JOBS_SWEEP_INTERVAL = env.float("JOBS_SWEEP_INTERVAL", default=5.0)
+# Each worker writes a heartbeat this often; /health/ counts it alive for the timeout.
+WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=10.0)
+WORKER_HEARTBEAT_TIMEOUT = env.float("WORKER_HEARTBEAT_TIMEOUT", default=30.0)
+# /metrics: with a token, only that bearer token; without, staff sessions and loopback.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_DURATION_WINDOW = env.int("METRICS_DURATION_WINDOW", default=3600)
 # Enqueue the schedules marked run_at_startup when a worker starts.
 JOBS_STARTUP_JOBS = env.bool("JOBS_STARTUP_JOBS", default=True)
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 import pytest
 import requests
 from django.contrib.auth import get_user_model
+from kombu import pools
 
+from jobsite.celery_app import app as celery_app
+from jobsite.embedded_redis import EmbeddedRedis
 from tests.support import (
     Api,
     SmtpSink,
@@ -129,3 +132,24 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    """A Redis of this test's own (with AOF persistence), used as the broker by the web
+    process and by the worker, so the test can stop and restart it."""
+    broker = EmbeddedRedis(data_dir=tmp_path / "broker")
+    broker.start()
+    previous = celery_app.conf.broker_url
+    _point_celery_at(broker.url)
+    yield broker
+    broker.stop()
+    _point_celery_at(previous)
+
+
+def _point_celery_at(url: str) -> None:
+    celery_app.pool.force_close_all()
+    pools.reset()  # kombu's global producer pools outlive the app's own pool
+    celery_app.conf.broker_url = url
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None

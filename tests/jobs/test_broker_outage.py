@@ -1,34 +1,10 @@
 """The broker stopped while jobs are posted: nothing is lost, nothing runs twice."""
 
 import pytest
-from kombu import pools
 
 from jobs.models import Job, JobEvent
-from jobsite.celery_app import app as celery_app
-from jobsite.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.worker
-
-
-@pytest.fixture
-def private_broker(tmp_path):
-    """A Redis of this test's own (with AOF persistence), used as the broker by the web
-    process and by the worker, so the test can stop and restart it."""
-    broker = EmbeddedRedis(data_dir=tmp_path / "broker")
-    broker.start()
-    previous = celery_app.conf.broker_url
-    _point_celery_at(broker.url)
-    yield broker
-    broker.stop()
-    _point_celery_at(previous)
-
-
-def _point_celery_at(url: str) -> None:
-    celery_app.pool.force_close_all()
-    pools.reset()  # kombu's global producer pools outlive the app's own pool
-    celery_app.conf.broker_url = url
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
 
 
 def test_jobs_posted_while_the_broker_is_down_all_run_once_it_is_back(

@@ -1,0 +1,131 @@
+"""Prometheus metrics at /metrics, read from the database and the broker at scrape time,
+so every web process reports the same numbers whatever process did the work."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterator
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from jobsite.celery_app import app as celery_app
+
+from .models import EventKind, Job, JobEvent
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+class JobsCollector:
+    def collect(self) -> Iterator:
+        yield jobs_by_type_and_status()
+        yield failed_attempts_by_type()
+        yield queue_depths()
+        yield job_durations()
+
+
+def jobs_by_type_and_status() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "jobsite_jobs", "Jobs in the database by type and status", labels=["type", "status"]
+    )
+    for row in Job.objects.order_by().values("type", "status").annotate(n=Count("id")):
+        family.add_metric([row["type"], row["status"]], row["n"])
+    return family
+
+
+def failed_attempts_by_type() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "jobsite_job_failed_attempts",
+        "Failed attempts (retried or final) of the jobs still in the database, by type",
+        labels=["type"],
+    )
+    failures = JobEvent.objects.filter(kind__in=[EventKind.FAILED, EventKind.RETRY_SCHEDULED])
+    for row in failures.order_by().values("job__type").annotate(n=Count("id")):
+        family.add_metric([row["job__type"]], row["n"])
+    return family
+
+
+def queue_depths() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "jobsite_queue_depth", "Messages waiting in the broker, by queue", labels=["queue"]
+    )
+    for queue, depth in broker_queue_depths().items():
+        family.add_metric([queue], depth)
+    return family
+
+
+def broker_queue_depths() -> dict[str, int]:
+    depths = {}
+    with celery_app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        channel = conn.default_channel
+        for queue in settings.JOBS_QUEUES:
+            if conn.transport.driver_type == "redis":
+                client = channel.client
+                depths[queue] = sum(
+                    client.llen(channel._q_for_pri(queue, pri)) for pri in channel.priority_steps
+                )
+            else:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+    return depths
+
+
+def job_durations() -> HistogramMetricFamily:
+    window = timedelta(seconds=settings.METRICS_DURATION_WINDOW)
+    family = HistogramMetricFamily(
+        "jobsite_job_duration_seconds",
+        f"Run time of jobs finished in the last {window}, by type",
+        labels=["type"],
+    )
+    duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+    buckets = {
+        f"le_{i}": Count("id", filter=Q(duration__lte=timedelta(seconds=bound)))
+        for i, bound in enumerate(DURATION_BUCKETS)
+    }
+    rows = (
+        Job.objects.filter(finished_at__gte=timezone.now() - window, started_at__isnull=False)
+        .order_by()
+        .annotate(duration=duration)
+        .values("type")
+        .annotate(count=Count("id"), total=Sum("duration"), **buckets)
+    )
+    for row in rows:
+        cumulative = [
+            (floatToGoString(bound), row[f"le_{i}"]) for i, bound in enumerate(DURATION_BUCKETS)
+        ] + [("+Inf", row["count"])]
+        total = row["total"].total_seconds() if row["total"] else 0.0
+        family.add_metric([row["type"]], cumulative, total)
+    return family
+
+
+def allowed(request: HttpRequest) -> bool:
+    """With METRICS_TOKEN set, a matching bearer token; without it, staff or loopback."""
+    token = settings.METRICS_TOKEN
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), token.encode())
+    if request.user.is_authenticated and request.user.is_staff:
+        return True
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    if not allowed(request):
+        return HttpResponse(
+            '{"detail": "Metrics need the METRICS_TOKEN bearer token.", "code": "forbidden"}',
+            status=403,
+            content_type="application/json",
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobsCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
