@@ -252,6 +252,8 @@ JOBS_SWEEP_INTERVAL = env.float("JOBS_SWEEP_INTERVAL", default=5.0)
 # Each worker writes a heartbeat this often; /health/ counts it alive for the timeout.
 WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=10.0)
 WORKER_HEARTBEAT_TIMEOUT = env.float("WORKER_HEARTBEAT_TIMEOUT", default=30.0)
+# Linked from the staff dashboard.
+FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")
 # /metrics: with a token, only that bearer token; without, staff sessions and loopback.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 METRICS_DURATION_WINDOW = env.int("METRICS_DURATION_WINDOW", default=3600)

@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from jobs import metrics
+from jobs import dashboard, metrics
 
 from . import health
 from .api import TokenRateThrottle
@@ -32,5 +32,9 @@ urlpatterns = [
     path("api/", include(api_patterns)),
     path("health/", health.health, name="health"),
     path("metrics", metrics.metrics, name="metrics"),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
+    path("dashboard/data/", dashboard.dashboard_data, name="dashboard-data"),
+    path("dashboard/retry-failed/", dashboard.retry_failed, name="dashboard-retry-failed"),
+    path("dashboard/jobs/<uuid:job_id>/retry/", dashboard.retry_job, name="dashboard-retry"),
     path("", include("reports.urls")),
 ]

@@ -10,10 +10,7 @@ from pypdf import PdfReader
 
 from jobs.models import Job, Status
 from reports import services
-from tests.conftest import PASSWORD
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+from tests.conftest import CHROMIUM, PASSWORD
 
 pytestmark = [
     pytest.mark.browser,
@@ -34,24 +31,6 @@ new MutationObserver(() => {
 }).observe(document.getElementById('report-rows'),
            {subtree: true, childList: true, attributes: true, characterData: true});
 """
-
-
-@pytest.fixture
-def page(live_server, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
-    # are still plain blocking calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        context = browser.new_context(base_url=live_server.url, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        yield page
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "reports-page.png"), full_page=True)
-        browser.close()
 
 
 def sign_in(page, user) -> None:

@@ -1,0 +1,41 @@
+"""The dashboard in Chromium: it refreshes itself without reloading the page."""
+
+import pytest
+
+from jobs import services
+from jobs.models import Job, Status
+from tests.conftest import CHROMIUM, PASSWORD
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package"),
+]
+
+
+def test_the_dashboard_updates_in_place_and_retries_with_one_click(page, staff_user):
+    failed = services.enqueue("system.noop").job
+    Job.objects.filter(id=failed.id).update(status=Status.FAILED, error="Disk full")
+    page.goto("/dashboard/")
+    page.get_by_label("Username").fill(staff_user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/dashboard/")
+    page.evaluate("window.__notReloaded = true")
+    queued = page.locator("[data-total=queued]")
+    assert queued.inner_text() == "0"
+
+    for _ in range(4):
+        services.enqueue("system.noop")
+    page.wait_for_function(
+        "document.querySelector('[data-total=queued]').textContent === '4'", timeout=15_000
+    )
+    assert page.evaluate("window.__notReloaded") is True
+
+    page.get_by_role("row", name=failed.type).get_by_role("button", name="Retry").click()
+    page.wait_for_function(
+        "document.querySelector('[data-total=failed]').textContent === '0'", timeout=15_000
+    )
+    assert page.evaluate("window.__notReloaded") is True
+    assert page.get_by_text("No failed jobs.").is_visible()
+    failed.refresh_from_db()
+    assert failed.status == Status.QUEUED
