@@ -451,6 +451,30 @@ def recover_stalled(now: datetime | None = None) -> int:
     return handled
 
 
+def hand_back(job_ids: Iterable[str], reason: str) -> int:
+    """Return running jobs to the queue at once (their worker is shutting down and will
+    not finish them). The attempt number stays, so the old run can no longer write:
+    it stops at its next checkpoint. Returns how many went back."""
+    now = timezone.now()
+    handed: list[Job] = []
+    for job in Job.objects.filter(id__in=list(job_ids), status=Status.RUNNING):
+        if Job.objects.filter(id=job.id, status=Status.RUNNING, attempts=job.attempts).update(
+            status=Status.QUEUED,
+            dispatched_at=None,
+            heartbeat_at=None,
+            run_at=None,
+            message="Handed back by a worker shutting down",
+            updated_at=now,
+        ):
+            JobEvent.objects.create(
+                job_id=job.id, kind=EventKind.RECOVERED, message=reason, attempt=job.attempts
+            )
+            job.status, job.run_at = Status.QUEUED, None
+            handed.append(job)
+    dispatch(handed, now=now)
+    return len(handed)
+
+
 def sweep() -> dict[str, int]:
     """One pass of both sweepers, as Beat runs it every few seconds."""
     return {"recovered": recover_stalled(), "dispatched": dispatch_due()}

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from jobsite.celery_app import app
 
-from . import runner, schedules, services
+from . import runner, schedules, services, shutdown  # noqa: F401 (connects its signal)
 from .registry import JobType
 
 log = logging.getLogger(__name__)

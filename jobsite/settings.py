@@ -257,6 +257,9 @@ FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")
 # /metrics: with a token, only that bearer token; without, staff sessions and loopback.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 METRICS_DURATION_WINDOW = env.int("METRICS_DURATION_WINDOW", default=3600)
+# On SIGTERM a worker finishes its jobs; those still running after this many seconds
+# go back to the queue for another worker. Keep it below the supervisor's kill timeout.
+WORKER_SHUTDOWN_GRACE = env.float("WORKER_SHUTDOWN_GRACE", default=30.0)
 # Enqueue the schedules marked run_at_startup when a worker starts.
 JOBS_STARTUP_JOBS = env.bool("JOBS_STARTUP_JOBS", default=True)
 

@@ -240,6 +240,13 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def terminate(self) -> None:
+        """SIGTERM to the worker's main process only, as a supervisor stopping it does."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a crashed host would."""
         if self.process and self.process.poll() is None:
