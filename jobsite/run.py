@@ -1,8 +1,8 @@
 """`make run`: bring the whole stack up on one machine.
 
 Migrates, makes sure an admin user exists, starts the embedded Redis when REDIS_URL is
-not set and nothing answers on 127.0.0.1:6379, then runs the Procfile (web, worker,
-beat, flower) with honcho until Ctrl-C.
+not set and nothing answers on 127.0.0.1:6379, then runs the Procfile (web, a worker per
+queue group, beat, flower) with honcho until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def print_urls(env: dict[str, str]) -> None:
     flower = f"http://{env.get('FLOWER_BIND', '127.0.0.1')}:{env.get('FLOWER_PORT', '5555')}"
     print(
         "\nJobsite is starting:\n"
+        f"  Reports    {web}/reports/\n"
         f"  API        {web}/api/  (docs: {web}/api/docs/)\n"
         f"  Admin      {web}/admin/\n"
+        f"  Dashboard  {web}/dashboard/\n"
         f"  Health     {web}/health/\n"
         f"  Flower     {flower}/\n"
         f"  Broker     {env['REDIS_URL']}\n"
