@@ -143,3 +143,29 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
 
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_with_debug_off_whitenoise_serves_the_collected_static_files(tmp_path):
+    env = production_env(tmp_path)
+    env["DJANGO_SECURE_SSL_REDIRECT"] = "0"
+    collected = manage(env, "collectstatic", "--noinput")
+    assert collected.returncode == 0, collected.stderr
+    manifest = (tmp_path / "static" / "staticfiles.json").read_text()
+    hashed = re.search(r'"css/site\.css": "([^"]+)"', manifest).group(1)
+
+    serve = (
+        "import django, sys; django.setup();"
+        "from django.test import Client;"
+        f"r = Client(HTTP_HOST='jobs.example.com').get('/static/{hashed}');"
+        "sys.stdout.write(str(r.status_code) + ' ' + r.headers.get('Cache-Control', ''))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", serve],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "jobsite.settings"},
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.stdout.startswith("200 "), result.stdout + result.stderr
+    assert "immutable" in result.stdout  # hashed names are cached forever
