@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench lint format migrate clean
+.PHONY: install run test lint format migrate lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,6 @@ migrate: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-bench: install
-	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
