@@ -232,3 +232,14 @@ def test_the_list_filters_by_status_and_by_id_or_title(api):
     assert titles("?q=marc") == ["March"]
     assert titles(f"?q={april['id']}") == ["April"]
     assert api.get("/api/reports/?status=lost").status_code == 400
+
+
+def test_report_jobs_run_on_their_own_queue_with_three_attempts_backing_off_from_2s(api):
+    types = {t["name"]: t for t in api.get("/api/job-types/").json()}
+
+    generate = types["reports.generate"]
+    assert (generate["queue"], generate["max_attempts"], generate["backoff_base"]) == (
+        "reports",
+        3,
+        2.0,
+    )
