@@ -191,8 +191,13 @@ class WorkerProcess:
             "DJANGO_DEBUG": "0",
             "DJANGO_SECRET_KEY": "test-worker-secret",
             "PYTHONUNBUFFERED": "1",
-            # Tests that want start-up jobs ask for them.
+            # Tests that want start-up jobs or timed schedules ask for them; the
+            # sweeper always runs.
             "JOBS_STARTUP_JOBS": "0",
+            **{
+                f"DISABLE_{name}_CRON": "1"
+                for name in ("PURGE", "RESULT_CLEANUP", "DIGEST", "IMAGE_CLEANUP", "REMINDER")
+            },
             **(smtp.env() if smtp else {}),
             **({"CELERY_BROKER_URL": broker_url} if broker_url else {}),
             **(env or {}),
