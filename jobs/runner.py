@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 import traceback
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import registry
+from . import heartbeats, registry, sql
 from .context import JobContext
 from .errors import JobCancelled, JobLost, PermanentError
 from .logging import job_log_context
@@ -31,7 +30,7 @@ def execute(job_id: str) -> str:
     if job is None:
         return _handle_unclaimable(job_id)
     jt = registry.get(job.type)
-    with job_log_context(job), Heartbeat(job):
+    with job_log_context(job), heartbeats.holding(job):
         log.info("Job started")
         try:
             result = jt.handler(JobContext(job))
@@ -47,24 +46,48 @@ def execute(job_id: str) -> str:
         return _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
 
 
-def claim(job_id: str) -> Job | None:
-    """Take the job with one conditional UPDATE; None when it is not ours to run."""
-    now = timezone.now()
-    claimed = (
-        Job.objects.filter(id=job_id, status=Status.QUEUED)
-        .filter(Q(run_at__isnull=True) | Q(run_at__lte=now + EARLY_TOLERANCE))
-        .update(
-            status=Status.RUNNING,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            heartbeat_at=now,
-            finished_at=None,
-            progress=0,
-            message="Running",
-            updated_at=now,
-        )
+def _claimable(job_id: str, now):
+    return Job.objects.filter(id=job_id, status=Status.QUEUED).filter(
+        Q(run_at__isnull=True) | Q(run_at__lte=now + EARLY_TOLERANCE)
     )
-    if not claimed:
+
+
+def _claim_changes(now) -> dict[str, Any]:
+    return {
+        "status": Status.RUNNING,
+        "attempts": F("attempts") + 1,
+        "started_at": now,
+        "heartbeat_at": now,
+        "finished_at": None,
+        "progress": 0,
+        "message": "Running",
+        "updated_at": now,
+    }
+
+
+def claim(job_id: str) -> Job | None:
+    """Take the job with one conditional UPDATE; None when it is not ours to run.
+
+    The claim also writes the `started` event. On PostgreSQL the UPDATE, the event and
+    reading the row back are one statement; elsewhere they are three. A connection that
+    died while the worker was idle (a database restart) is replaced once.
+    """
+    try:
+        return _claim(job_id)
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        log.warning("Database connection lost; claiming on a new one", exc_info=True)
+        connection.close()
+        return _claim(job_id)
+
+
+def _claim(job_id: str) -> Job | None:
+    now = timezone.now()
+    queryset = _claimable(job_id, now)
+    if connection.vendor == "postgresql":
+        return sql.claim_returning(queryset, _claim_changes(now), now)
+    if not queryset.update(**_claim_changes(now)):
         return None
     job = Job.objects.get(id=job_id)
     JobEvent.objects.create(
@@ -100,24 +123,24 @@ def _held(job: Job):
 
 def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fields) -> str:
     now = timezone.now()
-    updated = _held(job).update(
-        status=status,
-        result=result,
-        error=error,
-        finished_at=now,
-        updated_at=now,
-        cancel_requested=False,
+    changes = {
+        "status": status,
+        "result": result,
+        "error": error,
+        "finished_at": now,
+        "updated_at": now,
+        "cancel_requested": False,
         **fields,
-    )
-    if not updated:
-        log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
-        return "lost"
+    }
     kind = {
         Status.SUCCEEDED: EventKind.SUCCEEDED,
         Status.FAILED: EventKind.FAILED,
         Status.CANCELLED: EventKind.CANCELLED,
     }[status]
-    JobEvent.objects.create(job_id=job.id, kind=kind, message=error[:500], attempt=job.attempts)
+    event = JobEvent(job_id=job.id, kind=kind, message=error[:500], attempt=job.attempts)
+    if not sql.update_recording(_held(job), changes, event):
+        log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
+        return "lost"
     log.info("Job %s", status)
     return status
 
@@ -131,22 +154,23 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
     delay = jt.backoff(job.attempts)
     now = timezone.now()
     run_at = now + timedelta(seconds=delay)
-    if not _held(job).update(
-        status=Status.QUEUED,
-        run_at=run_at,
-        dispatched_at=None,
-        heartbeat_at=None,
-        error=error,
-        message=f"Retrying in {delay:g}s",
-        updated_at=now,
-    ):
-        return "lost"
-    JobEvent.objects.create(
+    changes = {
+        "status": Status.QUEUED,
+        "run_at": run_at,
+        "dispatched_at": None,
+        "heartbeat_at": None,
+        "error": error,
+        "message": f"Retrying in {delay:g}s",
+        "updated_at": now,
+    }
+    event = JobEvent(
         job_id=job.id,
         kind=EventKind.RETRY_SCHEDULED,
         message=f"{error[:400]} — retry in {delay:g}s",
         attempt=job.attempts,
     )
+    if not sql.update_recording(_held(job), changes, event):
+        return "lost"
     log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts, delay, error)
     if delay <= settings.JOBS_BROKER_DELAY_MAX:
         from .services import dispatch
@@ -155,33 +179,3 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
         job.run_at = run_at
         dispatch([job])
     return "retry"
-
-
-class Heartbeat:
-    """Keeps `heartbeat_at` fresh from a background thread while the job runs, so the
-    stall sweeper can tell a slow job from a dead worker."""
-
-    def __init__(self, job: Job):
-        self.job = job
-        self.interval = max(settings.JOBS_LOCK_DURATION / 4, 0.5)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval):
-                try:
-                    _held(self.job).update(heartbeat_at=timezone.now())
-                except Exception:
-                    log.exception("Heartbeat failed")
-                    close_old_connections()
-        finally:
-            connection.close()

@@ -20,7 +20,7 @@ from rest_framework import serializers
 
 from jobsite.celery_app import app as celery_app
 
-from . import registry
+from . import messages, registry, sql
 from .errors import IdempotencyConflict, InvalidTransition
 from .models import (
     FINISHED_STATUSES,
@@ -117,9 +117,10 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
     errors: dict[str, Any] = {}
     jobs: list[Job] = []
     keys_seen: set[str] = set()
+    validated: dict[tuple[str, str], str] = {}
     for index, spec in enumerate(specs):
         try:
-            payload = validate_payload(spec.type, spec.payload)
+            payload = _validate_once(spec, validated)
             if spec.idempotency_key in keys_seen:
                 raise serializers.ValidationError(
                     {"idempotency_key": ["Repeated within this request."]}
@@ -150,6 +151,17 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
         _record_created(new_jobs)
         transaction.on_commit(lambda: dispatch(new_jobs))
     return results
+
+
+def _validate_once(spec: JobSpec, validated: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """validate_payload, run once per distinct (type, payload) of a bulk request."""
+    try:
+        key = (spec.type, json.dumps(spec.payload, sort_keys=True))
+    except (TypeError, ValueError):  # not plain JSON: validate it on its own
+        return validate_payload(spec.type, spec.payload)
+    if key not in validated:
+        validated[key] = json.dumps(validate_payload(spec.type, spec.payload))
+    return json.loads(validated[key])
 
 
 def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
@@ -194,9 +206,8 @@ def _same_request_or_conflict(existing: Job, requested: Job) -> Job:
 
 
 def _record_created(jobs: Sequence[Job]) -> None:
-    JobEvent.objects.bulk_create(
-        [JobEvent(job=j, kind=EventKind.CREATED, message=_created_message(j)) for j in jobs],
-        batch_size=1000,
+    sql.add_events(
+        EventKind.CREATED, [(j.id, _created_message(j), 0) for j in jobs], timezone.now()
     )
 
 
@@ -278,32 +289,24 @@ def dispatch(jobs: Iterable[Job], now: datetime | None = None) -> int:
     jobs = [j for j in jobs if j.run_at is None or j.run_at <= horizon]
     if not jobs:
         return 0
-    from .tasks import task_for
-
     try:
         with celery_app.producer_or_acquire() as producer:
             with producer.batch(max_size=1000):
                 for job in jobs:
-                    job.dispatched_at = now
-                    eta = job.run_at if job.run_at and job.run_at > now else None
-                    task_for(job.type).apply_async(
-                        args=[str(job.id)],
-                        producer=producer,
+                    messages.send(
+                        producer,
+                        job.type,
+                        str(job.id),
                         queue=job.queue,
-                        routing_key=job.queue,
                         priority=broker_priority(job.priority),
-                        eta=eta,
-                        retry=False,
+                        eta=job.run_at if job.run_at and job.run_at > now else None,
                     )
     except Exception as exc:  # the broker is down or refused: the sweeper sends them later
         log.warning("Dispatch of %d job(s) failed, left for the sweeper: %s", len(jobs), exc)
         return 0
-    ids = [j.id for j in jobs]
-    Job.objects.filter(id__in=ids).update(dispatched_at=now)
-    JobEvent.objects.bulk_create(
-        [JobEvent(job_id=j.id, kind=EventKind.DISPATCHED, attempt=j.attempts) for j in jobs],
-        batch_size=1000,
-    )
+    for job in jobs:
+        job.dispatched_at = now
+    sql.mark_dispatched(jobs, now)
     return len(jobs)
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from celery import Task
-from celery.signals import before_task_publish, worker_ready, worker_shutdown
+from celery.signals import (
+    before_task_publish,
+    task_postrun,
+    worker_ready,
+    worker_shutdown,
+)
 from django.conf import settings
+from django.db import connections
 
 from jobsite.celery_app import app
 
@@ -28,6 +35,9 @@ def make_task(jt: JobType) -> Task:
         name=jt.name,
         acks_late=True,
         reject_on_worker_lost=True,
+        # The job's row is its result; a second copy per run in the result backend
+        # costs several statements per job (see the README's Performance section).
+        ignore_result=not settings.JOBS_STORE_TASK_RESULTS,
         soft_time_limit=jt.soft_time_limit,
         time_limit=jt.soft_time_limit + 30,
     )(run)
@@ -37,6 +47,19 @@ def make_task(jt: JobType) -> Task:
 
 def task_for(type_name: str) -> Task:
     return _tasks[type_name]
+
+
+@task_postrun.connect
+def recycle_database_connections(**kwargs) -> None:
+    # Drop connections that failed or are older than CONN_MAX_AGE, keep the rest
+    # (settings.CELERY_DB_REUSE_MAX stops Celery from closing every connection around
+    # every task). Unlike Django's per-request close_old_connections, no health-check
+    # query per task: a connection that died while idle fails the claim, which closes
+    # it and claims again on a new one.
+    for conn in connections.all(initialized_only=True):
+        obsolete = conn.close_at is not None and time.monotonic() >= conn.close_at
+        if conn.connection is not None and (conn.errors_occurred or obsolete):
+            conn.close()
 
 
 @app.task(name="jobs.sweep", ignore_result=True)

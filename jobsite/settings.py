@@ -224,6 +224,10 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_TRACK_STARTED = True
+# Celery's Django fix-up closes every database connection before and after every task
+# unless this is set; jobs.tasks recycles them the way Django does per request instead
+# (CONN_MAX_AGE, broken connections), which saves a new connection per task.
+CELERY_DB_REUSE_MAX = 2**31
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=60 * 60)
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
 # Task events feed Flower's live view; switch off to save broker traffic.
@@ -320,6 +324,8 @@ JOBS_REDISPATCH_AFTER = env.float("JOBS_REDISPATCH_AFTER", default=300.0)
 JOBS_BROKER_DELAY_MAX = env.float("JOBS_BROKER_DELAY_MAX", default=60.0)
 JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
+# Also store each job run's outcome in django-celery-results (the job row has it anyway).
+JOBS_STORE_TASK_RESULTS = env.bool("JOBS_STORE_TASK_RESULTS", default=False)
 
 LOG_FORMAT = env("LOG_FORMAT", default="text")
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

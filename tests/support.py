@@ -175,8 +175,14 @@ class WorkerProcess:
         smtp: SmtpSink | None = None,
         env: dict[str, str] | None = None,
         scheduler: str = "celery.beat:PersistentScheduler",
+        app: str = "jobsite",
+        pool: str = "prefork",
+        loglevel: str = "INFO",
     ):
         self.name = name
+        self.app = app
+        self.pool = pool
+        self.loglevel = loglevel
         self.scheduler = scheduler
         self.queues = queues or ALL_QUEUES
         self.concurrency = concurrency
@@ -206,12 +212,12 @@ class WorkerProcess:
 
     def command(self) -> list[str]:
         args = [
-            sys.executable, "-m", "celery", "-A", "jobsite", "worker",
-            "--loglevel", "INFO",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
+            "--loglevel", self.loglevel,
             "--hostname", f"{self.name}-{os.getpid()}@%h",
             "--queues", ",".join(self.queues),
             "--concurrency", str(self.concurrency),
-            "--pool", "prefork",
+            "--pool", self.pool,
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         if self.beat:

@@ -1,0 +1,120 @@
+"""Benchmark 1: end-to-end throughput of `system.noop` jobs through the whole platform
+(enqueue_many -> dispatch -> claim -> succeed, with every row and event written) against
+raw Celery no-op tasks published in a loop, each drained by an identically configured
+worker. Also the building block of benchmark 8 (pools and prefetch)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+from bench import harness
+
+JOBS = int(os.environ.get("BENCH_E2E_JOBS", "5000"))
+ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "2"))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    pool: str = "prefork"
+    concurrency: int = 2
+    prefetch: int | None = None  # None: the project's default
+
+    @property
+    def label(self) -> str:
+        prefetch = "default" if self.prefetch is None else self.prefetch
+        return f"{self.pool}, concurrency {self.concurrency}, prefetch {prefetch}"
+
+
+def _done_count() -> int:
+    from bench.app import DONE_COUNTER
+
+    return int(harness.redis_client().get(DONE_COUNTER) or 0)
+
+
+def _start_counting() -> None:
+    from bench.app import DONE_COUNTER
+
+    harness.redis_client().delete(DONE_COUNTER)
+
+
+def raw_seconds(n: int, settings: WorkerSettings) -> float:
+    """Publish n raw no-op tasks in a loop; seconds from the first publish to the last end."""
+    from bench.app import raw_noop
+
+    harness.flush_broker()
+    with harness.worker(
+        pool=settings.pool,
+        concurrency=settings.concurrency,
+        prefetch=settings.prefetch,
+        env={"BENCH_DONE_COUNTER": "1"},
+    ):
+        _start_counting()
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        start = time.monotonic()
+        for job_id in ids:
+            raw_noop.apply_async(args=[job_id], queue="default", routing_key="default")
+        end = harness.wait_until(lambda: _done_count() >= n, timeout=600, what="raw tasks")
+    return end - start
+
+
+def platform_seconds(n: int, settings: WorkerSettings) -> float:
+    """enqueue_many n system.noop jobs; seconds from the call to the last job's end."""
+    from jobs import services
+    from jobs.models import Job, Status
+
+    harness.flush_broker()
+    Job.objects.all().delete()
+    with harness.worker(
+        pool=settings.pool,
+        concurrency=settings.concurrency,
+        prefetch=settings.prefetch,
+        env={"BENCH_DONE_COUNTER": "1"},
+    ):
+        _start_counting()
+        start = time.monotonic()
+        services.enqueue_many([services.JobSpec("system.noop") for _ in range(n)])
+        end = harness.wait_until(lambda: _done_count() >= n, timeout=600, what="jobs")
+    succeeded = Job.objects.filter(status=Status.SUCCEEDED).count()
+    if succeeded != n:
+        raise AssertionError(f"{succeeded} of {n} jobs succeeded")
+    harness.close_connections()
+    return end - start
+
+
+def compare(n: int, settings: WorkerSettings, rounds: int = ROUNDS) -> dict:
+    """Raw and platform rounds interleaved; the best round of each (least disturbed by
+    the rest of the machine) makes the ratio."""
+    raw, plat = [], []
+    for _ in range(rounds):
+        raw.append(raw_seconds(n, settings))
+        plat.append(platform_seconds(n, settings))
+    raw_rate, plat_rate = n / min(raw), n / min(plat)
+    return {
+        "settings": settings.label,
+        "jobs": n,
+        "raw_seconds": raw,
+        "platform_seconds": plat,
+        "raw_per_second": raw_rate,
+        "platform_per_second": plat_rate,
+        "ratio": plat_rate / raw_rate,
+    }
+
+
+def main() -> harness.Results:
+    results = harness.Results("e2e", "end-to-end no-op throughput: platform vs raw Celery")
+    harness.setup_django()
+    outcome = compare(JOBS, WorkerSettings())
+    results.detail("runs", outcome)
+    results.figure("raw Celery", outcome["raw_per_second"], "tasks/s")
+    results.figure("platform", outcome["platform_per_second"], "jobs/s")
+    ratio = outcome["ratio"]
+    results.figure("platform / raw", ratio, "", target=">= 0.7", met=ratio >= 0.7)
+    results.write()
+    return results
+
+
+if __name__ == "__main__":
+    main()
