@@ -44,15 +44,22 @@ def start_counting(**kwargs) -> None:
 
 
 @task_postrun.connect
-def count_done(**kwargs) -> None:
+def count_done(sender=None, **kwargs) -> None:
     global _redis
-    if not os.environ.get("BENCH_DONE_COUNTER"):
+    if not os.environ.get("BENCH_DONE_COUNTER") or not _is_measured(sender.name):
         return
     if _redis is None:
         import redis
 
         _redis = redis.Redis.from_url(os.environ["REDIS_URL"])
     _redis.incr(DONE_COUNTER)
+
+
+def _is_measured(task_name: str) -> bool:
+    """The raw task and job tasks count; the worker's own start-up sweep does not."""
+    from jobs import registry
+
+    return task_name == RAW_TASK or task_name in registry.names()
 
 
 @worker_process_shutdown.connect

@@ -66,7 +66,7 @@ def platform_seconds(n: int, settings: WorkerSettings) -> float:
     from jobs.models import Job, Status
 
     harness.flush_broker()
-    Job.objects.all().delete()
+    harness.empty_job_tables()
     with harness.worker(
         pool=settings.pool,
         concurrency=settings.concurrency,

@@ -9,6 +9,7 @@ ratios of two things measured side by side in one run, never absolute times alon
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -88,6 +89,17 @@ def close_connections() -> None:
     connections.close_all()
 
 
+def empty_job_tables() -> None:
+    """Remove every job, event and dependent row at once, leaving no dead rows behind
+    to slow the next measurement."""
+    from django.db import connection
+
+    from jobs.models import Job
+
+    with connection.cursor() as cursor:
+        cursor.execute(f'TRUNCATE "{Job._meta.db_table}" CASCADE')
+
+
 def bench_user(username: str = "bench", *, staff: bool = False):
     from django.contrib.auth import get_user_model
 
@@ -105,6 +117,7 @@ PASSWORD = "bench-password-bench"
 # --- Redis ---------------------------------------------------------------------------
 
 
+@functools.cache
 def redis_client():
     import redis
 
@@ -166,7 +179,7 @@ def worker(
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout: float, interval: float = 0.002, what: str = ""
+    condition: Callable[[], Any], timeout: float, interval: float = 0.01, what: str = ""
 ) -> float:
     """Poll `condition` until truthy; return the monotonic time it first held."""
     deadline = time.monotonic() + timeout

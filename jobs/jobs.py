@@ -88,6 +88,10 @@ class SleepPayload(serializers.Serializer):
     permanent = serializers.BooleanField(
         default=False, help_text="Fail with a permanent error instead of sleeping."
     )
+    checkpoints = serializers.BooleanField(
+        required=False,
+        help_text="False: sleep in one go, with no progress reports or cancellation checks.",
+    )
 
 
 class DemoFailure(Exception):
@@ -109,6 +113,9 @@ def sleep(ctx: JobContext) -> dict:
         raise PermanentError("Asked to fail permanently")
     if ctx.attempt <= ctx.payload.get("fail_times", 0):
         raise DemoFailure(f"Asked to fail attempt {ctx.attempt}")
+    if ctx.payload.get("checkpoints") is False:
+        time.sleep(seconds)
+        return {"slept": seconds, "attempt": ctx.attempt}
     steps = max(1, min(100, int(seconds * 10)))
     for step in range(1, steps + 1):
         time.sleep(seconds / steps)

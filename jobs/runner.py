@@ -9,7 +9,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
-from django.db.models import F, Q
 from django.utils import timezone
 
 from . import heartbeats, registry, sql
@@ -46,25 +45,6 @@ def execute(job_id: str) -> str:
         return _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
 
 
-def _claimable(job_id: str, now):
-    return Job.objects.filter(id=job_id, status=Status.QUEUED).filter(
-        Q(run_at__isnull=True) | Q(run_at__lte=now + EARLY_TOLERANCE)
-    )
-
-
-def _claim_changes(now) -> dict[str, Any]:
-    return {
-        "status": Status.RUNNING,
-        "attempts": F("attempts") + 1,
-        "started_at": now,
-        "heartbeat_at": now,
-        "finished_at": None,
-        "progress": 0,
-        "message": "Running",
-        "updated_at": now,
-    }
-
-
 def claim(job_id: str) -> Job | None:
     """Take the job with one conditional UPDATE; None when it is not ours to run.
 
@@ -84,19 +64,7 @@ def claim(job_id: str) -> Job | None:
 
 def _claim(job_id: str) -> Job | None:
     now = timezone.now()
-    queryset = _claimable(job_id, now)
-    if connection.vendor == "postgresql":
-        return sql.claim_returning(queryset, _claim_changes(now), now)
-    if not queryset.update(**_claim_changes(now)):
-        return None
-    job = Job.objects.get(id=job_id)
-    JobEvent.objects.create(
-        job=job,
-        kind=EventKind.STARTED,
-        message=f"Attempt {job.attempts} of {job.max_attempts}",
-        attempt=job.attempts,
-    )
-    return job
+    return sql.claim(job_id, now, due=now + EARLY_TOLERANCE)
 
 
 def _handle_unclaimable(job_id: str) -> str:
@@ -116,29 +84,13 @@ def _handle_unclaimable(job_id: str) -> str:
     return "duplicate"
 
 
-def _held(job: Job):
-    """The job, only while this run still holds it (attempts is the fencing token)."""
-    return Job.objects.filter(id=job.id, status=Status.RUNNING, attempts=job.attempts)
-
-
 def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fields) -> str:
-    now = timezone.now()
-    changes = {
-        "status": status,
-        "result": result,
-        "error": error,
-        "finished_at": now,
-        "updated_at": now,
-        "cancel_requested": False,
-        **fields,
-    }
     kind = {
         Status.SUCCEEDED: EventKind.SUCCEEDED,
         Status.FAILED: EventKind.FAILED,
         Status.CANCELLED: EventKind.CANCELLED,
     }[status]
-    event = JobEvent(job_id=job.id, kind=kind, message=error[:500], attempt=job.attempts)
-    if not sql.update_recording(_held(job), changes, event):
+    if not sql.finish(job, status, kind, result=result, error=error, **fields):
         log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
         return "lost"
     log.info("Job %s", status)
@@ -169,7 +121,7 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
         message=f"{error[:400]} — retry in {delay:g}s",
         attempt=job.attempts,
     )
-    if not sql.update_recording(_held(job), changes, event):
+    if not sql.update_recording(sql.held(job), changes, event):
         return "lost"
     log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts, delay, error)
     if delay <= settings.JOBS_BROKER_DELAY_MAX:

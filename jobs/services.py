@@ -18,8 +18,6 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from rest_framework import serializers
 
-from jobsite.celery_app import app as celery_app
-
 from . import messages, registry, sql
 from .errors import IdempotencyConflict, InvalidTransition
 from .models import (
@@ -147,7 +145,7 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
             else:
                 new_jobs.append(job)
                 results.append(Enqueued(job, created=True))
-        Job.objects.bulk_create(new_jobs, batch_size=1000)
+        sql.insert_jobs(new_jobs)
         _record_created(new_jobs)
         transaction.on_commit(lambda: dispatch(new_jobs))
     return results
@@ -269,13 +267,6 @@ def enqueue_startup_jobs(now: datetime | None = None) -> list[Job]:
 # --- dispatch ------------------------------------------------------------------------
 
 
-def broker_priority(priority: int) -> int:
-    """Celery priority for the broker in use: Redis serves 0 first, AMQP serves 9 first."""
-    if celery_app.conf.broker_url.startswith(("redis", "rediss")):
-        return 9 - priority
-    return priority
-
-
 def dispatch(jobs: Iterable[Job], now: datetime | None = None) -> int:
     """Send one message per job, batched into one broker round trip per 1,000 jobs.
 
@@ -290,17 +281,7 @@ def dispatch(jobs: Iterable[Job], now: datetime | None = None) -> int:
     if not jobs:
         return 0
     try:
-        with celery_app.producer_or_acquire() as producer:
-            with producer.batch(max_size=1000):
-                for job in jobs:
-                    messages.send(
-                        producer,
-                        job.type,
-                        str(job.id),
-                        queue=job.queue,
-                        priority=broker_priority(job.priority),
-                        eta=job.run_at if job.run_at and job.run_at > now else None,
-                    )
+        messages.publish(jobs, now)
     except Exception as exc:  # the broker is down or refused: the sweeper sends them later
         log.warning("Dispatch of %d job(s) failed, left for the sweeper: %s", len(jobs), exc)
         return 0
@@ -521,9 +502,10 @@ def _purge(type_name: str, statuses: list[str], older_than: datetime, keep: int)
         older_than = cutoff + timedelta(microseconds=1)
     total = 0
     while True:
-        ids = list(
-            finished.filter(finished_at__lt=older_than).values_list("id", flat=True)[:PURGE_BATCH]
-        )
+        # Oldest first, the purge index's order: the model's default order (-created_at)
+        # would sort every expired row for each batch.
+        expired = finished.filter(finished_at__lt=older_than).order_by("finished_at")
+        ids = list(expired.values_list("id", flat=True)[:PURGE_BATCH])
         if not ids:
             return total
         JobEvent.objects.filter(job_id__in=ids).delete()
