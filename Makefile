@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint format migrate lock clean
+.PHONY: install run test bench lint format migrate lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ migrate: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks against PostgreSQL and Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL; the local
+# servers by default). BENCH_ARGS names a subset, e.g. BENCH_ARGS="e2e latency".
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -40,48 +40,57 @@ def _start_counting() -> None:
     harness.redis_client().delete(DONE_COUNTER)
 
 
-def raw_seconds(n: int, settings: WorkerSettings) -> float:
+@dataclass
+class Run:
+    seconds: float
+    cpu_ms_per_item: dict[str, float]
+
+
+def raw_run(n: int, settings: WorkerSettings) -> Run:
     """Publish n raw no-op tasks in a loop; seconds from the first publish to the last end."""
     from bench.app import raw_noop
 
     harness.flush_broker()
-    with harness.worker(
-        pool=settings.pool,
-        concurrency=settings.concurrency,
-        prefetch=settings.prefetch,
-        env={"BENCH_DONE_COUNTER": "1"},
-    ):
+    with _worker(settings) as worker:
         _start_counting()
         ids = [str(uuid.uuid4()) for _ in range(n)]
+        cpu_before = harness.cpu_seconds(worker.process.pid)
         start = time.monotonic()
         for job_id in ids:
             raw_noop.apply_async(args=[job_id], queue="default", routing_key="default")
         end = harness.wait_until(lambda: _done_count() >= n, timeout=600, what="raw tasks")
-    return end - start
+        cpu = harness.cpu_per_item(cpu_before, harness.cpu_seconds(worker.process.pid), n)
+    return Run(end - start, cpu)
 
 
-def platform_seconds(n: int, settings: WorkerSettings) -> float:
+def platform_run(n: int, settings: WorkerSettings) -> Run:
     """enqueue_many n system.noop jobs; seconds from the call to the last job's end."""
     from jobs import services
     from jobs.models import Job, Status
 
     harness.flush_broker()
     harness.empty_job_tables()
-    with harness.worker(
-        pool=settings.pool,
-        concurrency=settings.concurrency,
-        prefetch=settings.prefetch,
-        env={"BENCH_DONE_COUNTER": "1"},
-    ):
+    with _worker(settings) as worker:
         _start_counting()
+        cpu_before = harness.cpu_seconds(worker.process.pid)
         start = time.monotonic()
         services.enqueue_many([services.JobSpec("system.noop") for _ in range(n)])
         end = harness.wait_until(lambda: _done_count() >= n, timeout=600, what="jobs")
+        cpu = harness.cpu_per_item(cpu_before, harness.cpu_seconds(worker.process.pid), n)
     succeeded = Job.objects.filter(status=Status.SUCCEEDED).count()
     if succeeded != n:
         raise AssertionError(f"{succeeded} of {n} jobs succeeded")
     harness.close_connections()
-    return end - start
+    return Run(end - start, cpu)
+
+
+def _worker(settings: WorkerSettings):
+    return harness.worker(
+        pool=settings.pool,
+        concurrency=settings.concurrency,
+        prefetch=settings.prefetch,
+        env={"BENCH_DONE_COUNTER": "1"},
+    )
 
 
 def compare(n: int, settings: WorkerSettings, rounds: int = ROUNDS) -> dict:
@@ -89,17 +98,21 @@ def compare(n: int, settings: WorkerSettings, rounds: int = ROUNDS) -> dict:
     the rest of the machine) makes the ratio."""
     raw, plat = [], []
     for _ in range(rounds):
-        raw.append(raw_seconds(n, settings))
-        plat.append(platform_seconds(n, settings))
-    raw_rate, plat_rate = n / min(raw), n / min(plat)
+        raw.append(raw_run(n, settings))
+        plat.append(platform_run(n, settings))
+    best_raw = min(raw, key=lambda r: r.seconds)
+    best_plat = min(plat, key=lambda r: r.seconds)
+    raw_rate, plat_rate = n / best_raw.seconds, n / best_plat.seconds
     return {
         "settings": settings.label,
         "jobs": n,
-        "raw_seconds": raw,
-        "platform_seconds": plat,
+        "raw_seconds": [r.seconds for r in raw],
+        "platform_seconds": [r.seconds for r in plat],
         "raw_per_second": raw_rate,
         "platform_per_second": plat_rate,
         "ratio": plat_rate / raw_rate,
+        "raw_cpu_ms_per_task": best_raw.cpu_ms_per_item,
+        "platform_cpu_ms_per_job": best_plat.cpu_ms_per_item,
     }
 
 
@@ -112,6 +125,14 @@ def main() -> harness.Results:
     results.figure("platform", outcome["platform_per_second"], "jobs/s")
     ratio = outcome["ratio"]
     results.figure("platform / raw", ratio, "", target=">= 0.7", met=ratio >= 0.7)
+    for label, key in [("raw task", "raw_cpu_ms_per_task"), ("job", "platform_cpu_ms_per_job")]:
+        cpu = outcome[key]
+        results.figure(
+            f"CPU per {label}",
+            sum(cpu.values()),
+            "ms",
+            note=", ".join(f"{kind} {ms:.2f}" for kind, ms in cpu.items()),
+        )
     results.write()
     return results
 

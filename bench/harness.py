@@ -191,6 +191,36 @@ def wait_until(
         time.sleep(interval)
 
 
+def cpu_seconds(worker_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each kind of process on this machine that takes part:
+    the worker's main process, its pool processes, PostgreSQL, Redis and this process."""
+    import psutil
+
+    totals = {"worker main": 0.0, "worker pool": 0.0, "postgres": 0.0, "redis": 0.0}
+    worker = psutil.Process(worker_pid)
+    processes = [("worker main", worker)] + [("worker pool", p) for p in worker.children()]
+    for process in psutil.process_iter(["name", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if command.startswith("postgres"):
+            processes.append(("postgres", process))
+        elif "redis-server" in command:
+            processes.append(("redis", process))
+    for kind, process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        totals[kind] += times.user + times.system
+    own = psutil.Process().cpu_times()
+    totals["bench process"] = own.user + own.system
+    return totals
+
+
+def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) -> dict:
+    """Milliseconds of CPU per item by kind of process, between two cpu_seconds()."""
+    return {kind: round((after[kind] - before.get(kind, 0.0)) / items * 1000, 3) for kind in after}
+
+
 # --- figures -------------------------------------------------------------------------
 
 

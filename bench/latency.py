@@ -59,7 +59,7 @@ def _statement_counter():
     return count, counting
 
 
-def platform_cost(n: int) -> dict:
+def platform_cost(n: int, worker_env: dict[str, str] | None = None) -> dict:
     """Redis commands and SQL statements per job for n jobs run end to end."""
     from django.db import connection
 
@@ -69,7 +69,7 @@ def platform_cost(n: int) -> dict:
     harness.flush_broker()
     harness.empty_job_tables()
     count_dir = Path(tempfile.mkdtemp(prefix="jobsite-sql-"))
-    with harness.worker(env={"BENCH_SQL_COUNT_DIR": str(count_dir)}):
+    with harness.worker(env={"BENCH_SQL_COUNT_DIR": str(count_dir), **(worker_env or {})}):
         harness.reset_command_stats()
         enqueue_count, counting = _statement_counter()
         with connection.execute_wrapper(counting):
@@ -132,11 +132,14 @@ def main() -> harness.Results:
 
     platform = platform_cost(COST_JOBS)
     raw = raw_cost(COST_JOBS)
+    quiet = platform_cost(COST_JOBS, {"CELERY_WORKER_SEND_TASK_EVENTS": "0"})
     results.detail("platform", platform)
     results.detail("raw", raw)
+    results.detail("platform_without_task_events", quiet)
     per_job = platform["redis_per_job"]
     results.figure("Redis commands per job", per_job, "", target="<= 8", met=per_job <= 8)
     results.figure("Redis commands per raw Celery task", raw["redis_per_task"], "")
+    results.figure("Redis commands per job, task events off", quiet["redis_per_job"], "")
     top = Counter(platform["redis_commands"]).most_common()
     results.figure(
         "Redis commands by name (per job)",

@@ -40,12 +40,15 @@ class JobQuerySet(models.QuerySet):
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     type = models.CharField(max_length=100)
+    # No index of its own: job_owner_created starts with owner_id and serves every
+    # lookup by owner, the cascade of a deleted user included.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.CASCADE,
         related_name="jobs",
+        db_index=False,
     )
     payload = models.JSONField(default=dict, blank=True)
     result = models.JSONField(null=True, blank=True)
@@ -85,26 +88,45 @@ class Job(models.Model):
                 name="job_unique_key_for_system",
             ),
         ]
+        # Every full index gains an entry at each non-HOT update of a job (the claim,
+        # the end, the dispatch mark), so only list filters get one; the sweepers use
+        # partial indexes holding just the rows they look at. None indexes
+        # heartbeat_at, so heartbeats and progress updates can be HOT updates.
         indexes = [
-            # List pages: newest first, per owner, optionally by status or type.
+            # GET /api/jobs/ as a user: owner_id = ? ORDER BY created_at DESC.
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+            # ... with ?status=: owner_id = ? AND status = ? ORDER BY created_at DESC.
             models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status"),
+            # GET /api/jobs/ as staff, the dashboard's recent jobs: ORDER BY created_at DESC.
+            models.Index(fields=["-created_at"], name="job_created"),
+            # ... as staff with ?status=: status = ? ORDER BY created_at DESC.
             models.Index(fields=["status", "-created_at"], name="job_status_created"),
+            # ... as staff with ?type= (and ?status=).
             models.Index(fields=["type", "status", "-created_at"], name="job_type_status"),
-            # Dispatch sweeper: queued rows never sent, or whose time has come.
+            # dispatch_due: queued rows never sent (dispatched_at IS NULL) or sent long
+            # ago (dispatched_at < ?), each narrowed by run_at: a bitmap OR of ranges
+            # that skips the queued rows waiting for a worker or for a later run_at.
             models.Index(
-                fields=["run_at", "dispatched_at"],
+                fields=["dispatched_at", "run_at"],
                 condition=Q(status="queued"),
                 name="job_queued_due",
             ),
-            # Stall sweeper: running rows by heartbeat age.
+            # recover_stalled reads the running rows (as many as workers run) through
+            # job_status_created and checks their heartbeat_at one by one.
+            # purge_finished, one index per retention policy: type = ? AND status IN
+            # (...) ORDER BY finished_at DESC OFFSET keep, and finished_at < cutoff.
+            # With status in the key, the failed policy's two statuses would need a
+            # sort of all its rows to find the newest.
             models.Index(
-                fields=["heartbeat_at"],
-                condition=Q(status="running"),
-                name="job_running_heartbeat",
+                fields=["type", "finished_at"],
+                condition=Q(status="succeeded"),
+                name="job_purge_succeeded",
             ),
-            # Retention purge: finished rows per type by age.
-            models.Index(fields=["type", "status", "finished_at"], name="job_retention"),
+            models.Index(
+                fields=["type", "finished_at"],
+                condition=Q(status__in=["failed", "cancelled"]),
+                name="job_purge_failed",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -140,7 +162,8 @@ class EventKind(models.TextChoices):
 
 
 class JobEvent(models.Model):
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    # Looked up by jobevent_job_created, which starts with job_id.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=32, choices=EventKind.choices)
     message = models.CharField(max_length=500, blank=True, default="")
     attempt = models.PositiveIntegerField(default=0)
@@ -161,7 +184,8 @@ class JobEffect(models.Model):
     the job is retried, recovered or redelivered.
     """
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="effects")
+    # Looked up by the unique (job, name) index, which starts with job_id.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="effects", db_index=False)
     name = models.CharField(max_length=200)
     done = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -30,12 +30,13 @@ class EmptyPayload(serializers.Serializer):
 
 @dataclass(frozen=True)
 class Retention:
-    """How long finished jobs of a type are kept, and at most how many."""
+    """How long finished jobs of a type are kept, and at most how many (None: no limit
+    on the count, only on the age)."""
 
     succeeded_for: timedelta = timedelta(hours=24)
-    succeeded_max: int = 1000
+    succeeded_max: int | None = 1000
     failed_for: timedelta = timedelta(days=7)
-    failed_max: int = 5000
+    failed_max: int | None = 5000
 
 
 @dataclass(frozen=True)

@@ -85,23 +85,24 @@ def enqueue(
     """
     spec = JobSpec(type_name, payload, idempotency_key, priority, run_at)
     job = _build_job(spec, validate_payload(type_name, payload), owner)
+    if not idempotency_key:
+        # One statement writes the row and its event: no transaction of our own needed.
+        sql.insert_job(job, _created_message(job))
+        transaction.on_commit(lambda: dispatch([job]))
+        return Enqueued(job, created=True)
     with transaction.atomic():
-        if idempotency_key:
+        existing = _existing_for_key(owner, idempotency_key)
+        if existing:
+            return Enqueued(_same_request_or_conflict(existing, job), created=False)
+        try:
+            with transaction.atomic():
+                sql.insert_job(job, _created_message(job))
+        except IntegrityError:
+            # A concurrent request with the same key committed first.
             existing = _existing_for_key(owner, idempotency_key)
-            if existing:
-                return Enqueued(_same_request_or_conflict(existing, job), created=False)
-            try:
-                with transaction.atomic():
-                    job.save(force_insert=True)
-            except IntegrityError:
-                # A concurrent request with the same key committed first.
-                existing = _existing_for_key(owner, idempotency_key)
-                if existing is None:
-                    raise
-                return Enqueued(_same_request_or_conflict(existing, job), created=False)
-        else:
-            job.save(force_insert=True)
-        _record_created([job])
+            if existing is None:
+                raise
+            return Enqueued(_same_request_or_conflict(existing, job), created=False)
         transaction.on_commit(lambda: dispatch([job]))
     return Enqueued(job, created=True)
 
@@ -491,15 +492,14 @@ def purge_finished(now: datetime | None = None) -> dict[str, int]:
     return deleted
 
 
-def _purge(type_name: str, statuses: list[str], older_than: datetime, keep: int) -> int:
+def _purge(type_name: str, statuses: list[str], older_than: datetime, keep: int | None) -> int:
     finished = Job.objects.filter(type=type_name, status__in=statuses)
-    # The finished_at of the newest row beyond `keep`: that row and all older ones go.
-    beyond_keep = list(
-        finished.order_by("-finished_at").values_list("finished_at", flat=True)[keep : keep + 1]
-    )
-    cutoff = beyond_keep[0] if beyond_keep else None
-    if cutoff is not None and cutoff >= older_than:
-        older_than = cutoff + timedelta(microseconds=1)
+    if keep is not None:
+        # The finished_at of the newest row beyond `keep`: that row and all older ones go.
+        beyond_keep = finished.order_by("-finished_at").values_list("finished_at", flat=True)
+        cutoff = next(iter(beyond_keep[keep : keep + 1]), None)
+        if cutoff is not None and cutoff >= older_than:
+            older_than = cutoff + timedelta(microseconds=1)
     total = 0
     while True:
         # Oldest first, the purge index's order: the model's default order (-created_at)

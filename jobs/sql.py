@@ -196,6 +196,31 @@ def update_recording(queryset: QuerySet, changes: dict[str, Any], event: JobEven
         return cursor.rowcount > 0
 
 
+# --- creating jobs -------------------------------------------------------------------
+
+
+def insert_job(job: Job, message: str) -> None:
+    """Insert a new job with its `created` event (`message`): one statement on
+    PostgreSQL, the ORM's INSERT wrapped with the event's."""
+    if not _is_postgresql():
+        job.save(force_insert=True)
+        JobEvent.objects.create(job=job, kind=EventKind.CREATED, message=message)
+        return
+    fields = [f for f in _FIELDS if not f.generated]
+    query = orm_sql.InsertQuery(Job)
+    query.insert_values(fields, [job])
+    [(insert, params)] = query.get_compiler(Job.objects.db).as_sql()
+    statement = (
+        f"WITH created AS ({insert} RETURNING id, created_at) "
+        f'INSERT INTO "{EVENTS}" (job_id, kind, message, attempt, created_at) '
+        "SELECT id, %s, %s, 0, created_at FROM created"
+    )
+    with connections[Job.objects.db].cursor() as cursor:
+        cursor.execute(statement, (*params, EventKind.CREATED, message))
+    job._state.adding = False
+    job._state.db = Job.objects.db
+
+
 # --- many jobs at once ---------------------------------------------------------------
 
 

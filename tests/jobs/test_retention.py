@@ -1,12 +1,14 @@
 """Finished jobs are purged by their type's retention policy; the rest stay."""
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from jobs import services
+from jobs import registry, services
 from jobs.models import Job, JobEvent, Status
+from jobs.registry import Retention
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +45,19 @@ def test_only_the_newest_thousand_succeeded_jobs_of_a_type_are_kept():
     remaining = set(Job.objects.values_list("id", flat=True))
     assert remaining == {j.id for j in newest}
     assert not remaining & {j.id for j in oldest}
+
+
+def test_a_type_without_a_count_limit_keeps_every_job_young_enough(monkeypatch):
+    noop = registry.get("system.noop")
+    unlimited = replace(noop, retention=Retention(succeeded_max=None))
+    monkeypatch.setitem(registry._registry, "system.noop", unlimited)
+    young = finished_jobs(1005, Status.SUCCEEDED, timedelta(hours=1))
+    finished_jobs(2, Status.SUCCEEDED, timedelta(hours=25))
+
+    deleted = services.purge_finished()
+
+    assert deleted == {"system.noop": 2}
+    assert set(Job.objects.values_list("id", flat=True)) == {j.id for j in young}
 
 
 def test_failed_and_cancelled_jobs_are_kept_for_a_week():
