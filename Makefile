@@ -25,8 +25,14 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks against PostgreSQL and Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL; the local
-# servers by default). BENCH_ARGS names a subset, e.g. BENCH_ARGS="e2e latency".
+# servers by default). BENCH_ARGS names a subset, e.g. BENCH_ARGS="e2e latency". The API
+# benchmark loads the server with wrk; reports render as in the Docker image.
+BENCH_DEBIAN_PACKAGES := wrk libharfbuzz-subset0 fonts-dejavu-core
 bench: install
+	@missing=$$(for p in $(BENCH_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install

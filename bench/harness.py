@@ -191,34 +191,38 @@ def wait_until(
         time.sleep(interval)
 
 
-def cpu_seconds(worker_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by each kind of process on this machine that takes part:
-    the worker's main process, its pool processes, PostgreSQL, Redis and this process."""
+def cpu_seconds(worker_pid: int) -> dict[tuple[str, int], float]:
+    """CPU seconds used so far by each process on this machine that takes part, keyed by
+    (kind, pid): the worker's main process, its pool processes, PostgreSQL, Redis and
+    this process."""
     import psutil
 
-    totals = {"worker main": 0.0, "worker pool": 0.0, "postgres": 0.0, "redis": 0.0}
     worker = psutil.Process(worker_pid)
-    processes = [("worker main", worker)] + [("worker pool", p) for p in worker.children()]
-    for process in psutil.process_iter(["name", "cmdline"]):
+    processes = [("worker main", worker), ("bench process", psutil.Process())]
+    processes += [("worker pool", child) for child in worker.children()]
+    for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
         if command.startswith("postgres"):
             processes.append(("postgres", process))
         elif "redis-server" in command:
             processes.append(("redis", process))
+    used = {}
     for kind, process in processes:
         try:
             times = process.cpu_times()
         except psutil.Error:
             continue
-        totals[kind] += times.user + times.system
-    own = psutil.Process().cpu_times()
-    totals["bench process"] = own.user + own.system
-    return totals
+        used[(kind, process.pid)] = times.user + times.system
+    return used
 
 
-def cpu_per_item(before: dict[str, float], after: dict[str, float], items: int) -> dict:
-    """Milliseconds of CPU per item by kind of process, between two cpu_seconds()."""
-    return {kind: round((after[kind] - before.get(kind, 0.0)) / items * 1000, 3) for kind in after}
+def cpu_per_item(before: dict, after: dict, items: int) -> dict[str, float]:
+    """Milliseconds of CPU per item by kind of process between two cpu_seconds(); a
+    process that started in between counts from zero, one that ended is left out."""
+    totals: dict[str, float] = {}
+    for (kind, pid), seconds in after.items():
+        totals[kind] = totals.get(kind, 0.0) + seconds - before.get((kind, pid), 0.0)
+    return {kind: round(total / items * 1000, 3) for kind, total in sorted(totals.items())}
 
 
 # --- figures -------------------------------------------------------------------------

@@ -36,10 +36,16 @@ def publish(jobs: Sequence[Job], now: datetime) -> None:
         for queue_name in {job.queue for job in jobs}:
             if _uses_default_exchange(queue_name):
                 producer.maybe_declare(app.amqp.queues[queue_name])
+        if len(jobs) == 1:  # a batch costs more than it saves for one message
+            _send(producer, jobs[0], _eta(jobs[0], now))
+            return
         with producer.batch(max_size=BATCH_SIZE):
             for job in jobs:
-                eta = job.run_at if job.run_at and job.run_at > now else None
-                _send(producer, job, eta)
+                _send(producer, job, _eta(job, now))
+
+
+def _eta(job: Job, now: datetime) -> datetime | None:
+    return job.run_at if job.run_at and job.run_at > now else None
 
 
 def broker_priority(priority: int) -> int:

@@ -72,6 +72,7 @@ def _handle_unclaimable(job_id: str) -> str:
     arrived before its job's time, which is sent again for the right moment."""
     job = Job.objects.filter(id=job_id).only("id", "status", "run_at", "type", "queue").first()
     if job is None:
+        log.info("Dropped message for job %s, which does not exist", job_id)
         return "missing"
     if job.status == Status.QUEUED and job.run_at and job.run_at > timezone.now():
         from .services import dispatch

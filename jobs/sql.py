@@ -200,23 +200,27 @@ def update_recording(queryset: QuerySet, changes: dict[str, Any], event: JobEven
 
 
 def insert_job(job: Job, message: str) -> None:
-    """Insert a new job with its `created` event (`message`): one statement on
-    PostgreSQL, the ORM's INSERT wrapped with the event's."""
+    """Insert a new job with its `created` event (`message`) and, when the job is already
+    marked dispatched, its `dispatched` event: one statement on PostgreSQL, the ORM's
+    INSERT wrapped with the events'."""
     if not _is_postgresql():
         job.save(force_insert=True)
         JobEvent.objects.create(job=job, kind=EventKind.CREATED, message=message)
+        if job.dispatched_at:
+            JobEvent.objects.create(job=job, kind=EventKind.DISPATCHED)
         return
-    fields = [f for f in _FIELDS if not f.generated]
     query = orm_sql.InsertQuery(Job)
-    query.insert_values(fields, [job])
+    query.insert_values(_FIELDS, [job])
     [(insert, params)] = query.get_compiler(Job.objects.db).as_sql()
     statement = (
-        f"WITH created AS ({insert} RETURNING id, created_at) "
+        f"WITH created AS ({insert} RETURNING id, created_at, dispatched_at) "
         f'INSERT INTO "{EVENTS}" (job_id, kind, message, attempt, created_at) '
-        "SELECT id, %s, %s, 0, created_at FROM created"
+        "SELECT id, 'created', %s, 0, created_at FROM created "
+        "UNION ALL SELECT id, 'dispatched', '', 0, created_at FROM created "
+        "WHERE dispatched_at IS NOT NULL"
     )
     with connections[Job.objects.db].cursor() as cursor:
-        cursor.execute(statement, (*params, EventKind.CREATED, message))
+        cursor.execute(statement, (*params, message))
     job._state.adding = False
     job._state.db = Job.objects.db
 
@@ -296,6 +300,13 @@ def mark_dispatched(jobs: list[Job], now: datetime) -> None:
             "SELECT id, 'dispatched', '', attempts, %s FROM sent",
             (now, _joined(job.id for job in jobs), now),
         )
+
+
+def unmark_dispatched(jobs: list[Job]) -> None:
+    """Take back the dispatch mark of new jobs whose messages could not be sent."""
+    ids = [job.id for job in jobs]
+    Job.objects.filter(id__in=ids).update(dispatched_at=None)
+    JobEvent.objects.filter(job_id__in=ids, kind=EventKind.DISPATCHED).delete()
 
 
 def _joined(ids) -> str:

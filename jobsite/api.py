@@ -1,17 +1,14 @@
-"""Project-wide API pieces: the JSON error format and rate limits."""
+"""Project-wide API pieces: the JSON error format."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, status, throttling
+from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
-
-log = logging.getLogger(__name__)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -49,25 +46,3 @@ def _validation_summary(detail: Any) -> str:
     if isinstance(detail, dict):
         return "Invalid input: " + ", ".join(str(k) for k in detail) + "."
     return "Invalid input."
-
-
-class FailOpenMixin:
-    """Rate limits live in Redis; if Redis cannot be reached the request is let through
-    rather than failing, so an outage of the cache never takes the API down with it."""
-
-    def allow_request(self, request, view) -> bool:
-        try:
-            return super().allow_request(request, view)
-        except Exception as exc:
-            log.warning("Rate limit check skipped: %s", exc)
-            return True
-
-
-class UserRateThrottle(FailOpenMixin, throttling.UserRateThrottle):
-    pass
-
-
-class TokenRateThrottle(FailOpenMixin, throttling.AnonRateThrottle):
-    """Per client address, on the token endpoints."""
-
-    scope = "token"

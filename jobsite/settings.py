@@ -184,7 +184,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "jobsite.api.exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["jobsite.api.UserRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["jobsite.throttles.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user": env("RATE_LIMIT_USER", default="6000/min"),
         "token": env("RATE_LIMIT_TOKEN", default="30/min"),

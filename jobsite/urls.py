@@ -8,7 +8,8 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from jobs import dashboard, metrics
 
 from . import health
-from .api import TokenRateThrottle
+from .account import Me
+from .throttles import TokenRateThrottle
 
 api_patterns = [
     path(
@@ -21,6 +22,7 @@ api_patterns = [
         TokenRefreshView.as_view(throttle_classes=[TokenRateThrottle]),
         name="token-refresh",
     ),
+    path("me/", Me.as_view(), name="me"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("jobs.urls")),

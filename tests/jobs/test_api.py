@@ -57,6 +57,7 @@ def test_staff_see_every_users_jobs(api, staff_api):
     created = api.post("/api/jobs/", {"type": "system.noop"}).json()
 
     assert staff_api.get(f"/api/jobs/{created['id']}/").status_code == 200
+    assert staff_api.get(f"/api/jobs/{created['id']}/status/").json()["id"] == created["id"]
     assert [j["id"] for j in staff_api.get("/api/jobs/").json()["results"]] == [created["id"]]
 
 
@@ -109,12 +110,14 @@ def test_the_status_endpoint_is_small_and_supports_etags(api):
 
     first = api.get(path)
     assert first.status_code == 200
-    assert set(first.json()) == {"id", "status", "progress", "message", "updated_at"}
+    fields = ["id", "status", "progress", "message", "updated_at"]
+    assert first.json() == {field: api.job(created["id"])[field] for field in fields}
     etag = first.headers["ETag"]
 
     unchanged = api.get(path, headers={"If-None-Match": etag})
     assert unchanged.status_code == 304
     assert unchanged.content == b""
+    assert unchanged.headers["ETag"] == etag
 
     api.post(f"/api/jobs/{created['id']}/cancel/")
     changed = api.get(path, headers={"If-None-Match": etag})

@@ -21,6 +21,7 @@ def test_jobs_posted_while_the_broker_is_down_all_run_once_it_is_back(
     assert [r.status_code for r in responses] == [202] * 10, responses[0].text
     ids = [r.json()["id"] for r in responses]
     assert Job.objects.filter(id__in=ids, status="queued", dispatched_at__isnull=True).count() == 10
+    assert not JobEvent.objects.filter(job_id__in=ids, kind="dispatched").exists()
 
     private_broker.start()
     for job_id in ids:
