@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bench import harness
 
 JOBS = int(os.environ.get("BENCH_E2E_JOBS", "5000"))
-ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "3"))
 
 
 @dataclass(frozen=True)
@@ -94,25 +94,30 @@ def _worker(settings: WorkerSettings):
 
 
 def compare(n: int, settings: WorkerSettings, rounds: int = ROUNDS) -> dict:
-    """Raw and platform rounds interleaved; the best round of each (least disturbed by
-    the rest of the machine) makes the ratio."""
+    """`rounds` pairs of a raw run and a platform run, back to back and in alternating
+    order, so that drift in the machine's speed (it is shared) touches both sides of a
+    pair alike. The figure is the median of the pairs' ratios."""
     raw, plat = [], []
-    for _ in range(rounds):
-        raw.append(raw_run(n, settings))
-        plat.append(platform_run(n, settings))
-    best_raw = min(raw, key=lambda r: r.seconds)
-    best_plat = min(plat, key=lambda r: r.seconds)
-    raw_rate, plat_rate = n / best_raw.seconds, n / best_plat.seconds
+    for round_ in range(rounds):
+        if round_ % 2:
+            plat.append(platform_run(n, settings))
+            raw.append(raw_run(n, settings))
+        else:
+            raw.append(raw_run(n, settings))
+            plat.append(platform_run(n, settings))
+    ratios = [r.seconds / p.seconds for r, p in zip(raw, plat, strict=True)]
+    median_pair = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
     return {
         "settings": settings.label,
         "jobs": n,
         "raw_seconds": [r.seconds for r in raw],
         "platform_seconds": [r.seconds for r in plat],
-        "raw_per_second": raw_rate,
-        "platform_per_second": plat_rate,
-        "ratio": plat_rate / raw_rate,
-        "raw_cpu_ms_per_task": best_raw.cpu_ms_per_item,
-        "platform_cpu_ms_per_job": best_plat.cpu_ms_per_item,
+        "ratios": ratios,
+        "raw_per_second": n / raw[median_pair].seconds,
+        "platform_per_second": n / plat[median_pair].seconds,
+        "ratio": harness.median(ratios),
+        "raw_cpu_ms_per_task": raw[median_pair].cpu_ms_per_item,
+        "platform_cpu_ms_per_job": plat[median_pair].cpu_ms_per_item,
     }
 
 

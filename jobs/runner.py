@@ -30,7 +30,7 @@ def execute(job_id: str) -> str:
         return _handle_unclaimable(job_id)
     jt = registry.get(job.type)
     with job_log_context(job), heartbeats.holding(job):
-        log.info("Job started")
+        log.debug("Job started")
         try:
             result = jt.handler(JobContext(job))
         except JobCancelled:

@@ -324,6 +324,9 @@ JOBS_REDISPATCH_AFTER = env.float("JOBS_REDISPATCH_AFTER", default=300.0)
 JOBS_BROKER_DELAY_MAX = env.float("JOBS_BROKER_DELAY_MAX", default=60.0)
 JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
+# The claim and finish statements every job runs are prepared once per connection
+# (PostgreSQL); 0 for connection poolers that cannot keep prepared statements.
+JOBS_PREPARED_STATEMENTS = env.bool("JOBS_PREPARED_STATEMENTS", default=True)
 # Also store each job run's outcome in django-celery-results (the job row has it anyway).
 JOBS_STORE_TASK_RESULTS = env.bool("JOBS_STORE_TASK_RESULTS", default=False)
 

@@ -10,10 +10,10 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 from kombu import Queue
 
-from jobs import messages, services
+from jobs import messages, runner, services, sql
 from jobs.models import Job, Status
 from jobsite.celery_app import app
-from tests.support import WORKER_APPLICATION_NAME, wait_for
+from tests.support import WORKER_APPLICATION_NAME, run_in_threads, wait_for
 
 COMPARED_FIELDS = [
     f.attname
@@ -162,3 +162,35 @@ def test_job_runs_store_celery_task_results_when_asked(start_worker):
 
     results = TaskResult.objects.filter(task_name="system.noop", status="SUCCESS")
     wait_for(lambda: results.count() == 2, what="two task results")
+
+
+def test_concurrent_claims_of_one_job_take_it_once(transactional_db):
+    job = services.enqueue("system.noop").job
+
+    def claim(_: int):
+        try:
+            return runner.claim(str(job.id))
+        finally:
+            connection.close()
+
+    claimed = [c for c in run_in_threads(6, claim) if c is not None]
+
+    assert len(claimed) == 1
+    assert claimed[0].status == Status.RUNNING and claimed[0].attempts == 1
+    assert claimed[0].payload == {} and claimed[0].started_at is not None
+    assert job.events.filter(kind="started").count() == 1
+
+
+def test_a_claim_finds_its_job_by_primary_key_whatever_the_statistics(transactional_db):
+    if connection.vendor != "postgresql":
+        pytest.skip("reads PostgreSQL's query plan")
+    # Never analyzed, the table invites the planner to walk the index of queued rows.
+    jobs = [r.job for r in services.enqueue_many([services.JobSpec("system.noop")] * 300)]
+    now = timezone.now()
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql.CLAIM_SQL, {"id": str(jobs[-1].id), "now": now, "due": now})
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    scans = [line for line in plan.splitlines() if "Scan" in line and " on jobs_job " in line]
+    assert scans and all("using jobs_job_pkey" in scan for scan in scans), plan
