@@ -1,13 +1,14 @@
-"""`python -m bench [NAME ...]`: run the benchmarks (all eight by default), print each
-figure as it comes and write bench/results/NAME.json plus bench/results/summary.json."""
+"""`python -m bench [NAME ...]`: run the benchmarks (all eight by default), each in a
+process of its own (each sets Django up for its own database), print their figures as
+they come, and write bench/results/summary.json next to each bench/results/NAME.json."""
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
+import subprocess
 import sys
 import time
-import traceback
 from datetime import UTC, datetime
 
 from bench import harness
@@ -25,19 +26,9 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     harness.configure_environment()
     harness.recreate_database()
-    summary, failed = {}, []
+    summary = {}
     for name in names:
-        module = importlib.import_module(f"bench.{name}")
-        try:
-            results = module.main()
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
-            summary[name] = {"error": traceback.format_exc(limit=5)}
-            continue
-        finally:
-            harness.close_connections()
-        summary[name] = {"title": results.title, "figures": results.figures}
+        summary[name] = run(name)
     elapsed = time.monotonic() - started
     harness.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (harness.RESULTS_DIR / "summary.json").write_text(
@@ -49,19 +40,32 @@ def main(argv: list[str]) -> int:
         + "\n"
     )
     _print_summary(summary, elapsed)
-    return 1 if failed else 0
+    return 1 if any("error" in run for run in summary.values()) else 0
+
+
+def run(name: str) -> dict:
+    """Run one benchmark in a new process; its results file, or the error."""
+    path = harness.RESULTS_DIR / f"{name}.json"
+    path.unlink(missing_ok=True)
+    finished = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}"], cwd=harness.ROOT, env=os.environ
+    )
+    if finished.returncode != 0 or not path.exists():
+        return {"error": f"exit code {finished.returncode}"}
+    results = json.loads(path.read_text())
+    return {"title": results["title"], "seconds": results["seconds"], "figures": results["figures"]}
 
 
 def _print_summary(summary: dict, elapsed: float) -> None:
     print(f"\n== summary ({elapsed / 60:.1f} min)")
     for name, run in summary.items():
         if "error" in run:
-            print(f"{name}: FAILED")
+            print(f"{name}: FAILED ({run['error']})")
             continue
         for figure in run["figures"]:
             if figure["target"] is None:
                 continue
-            verdict = "met" if figure["met"] else "MISSED" if figure["met"] is False else ""
+            verdict = {True: "met", False: "MISSED", None: ""}[figure["met"]]
             print(
                 f"{name}  {figure['key']}: {figure['value']:,.3f} {figure['unit']} "
                 f"(target {figure['target']}) {verdict}"
