@@ -214,6 +214,9 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+# On Redis, kombu's transport with fewer commands per message (jobs/broker.py).
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "jobs.broker:Transport"
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=60 * 60 * 24)
