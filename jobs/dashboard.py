@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -38,7 +39,6 @@ def snapshot() -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready data."""
     stats = services.stats(Job.objects.all())
     recent = Job.objects.select_related("owner").order_by("-created_at")[:RECENT]
-    failed = Job.objects.select_related("owner").filter(status=Status.FAILED)
     return {
         "totals": stats["by_status"],
         "by_type": [
@@ -47,9 +47,15 @@ def snapshot() -> dict[str, Any]:
         ],
         "throughput": stats["throughput"],
         "recent": [_row(j) for j in recent],
-        "failed": [_row(j) for j in failed.order_by("-finished_at")[:FAILED_LISTED]],
+        "failed": [_row(j) for j in latest_failed()],
         "failed_total": stats["by_status"][Status.FAILED],
     }
+
+
+def latest_failed() -> QuerySet[Job]:
+    """The most recently failed jobs, newest first (read through job_failed_finished)."""
+    failed = Job.objects.select_related("owner").filter(status=Status.FAILED)
+    return failed.order_by("-finished_at")[:FAILED_LISTED]
 
 
 def _row(job: Job) -> dict[str, Any]:

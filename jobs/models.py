@@ -127,6 +127,12 @@ class Job(models.Model):
                 condition=Q(status__in=["failed", "cancelled"]),
                 name="job_purge_failed",
             ),
+            # The dashboard's failed list: status = 'failed' ORDER BY finished_at DESC.
+            models.Index(
+                fields=["-finished_at"],
+                condition=Q(status="failed"),
+                name="job_failed_finished",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,9 +1,13 @@
 """The staff dashboard: totals, types, recent and failed jobs, retry one or many."""
 
-import pytest
-from django.test import Client
+from datetime import timedelta
 
-from jobs import services
+import pytest
+from django.db import connection, transaction
+from django.test import Client
+from django.utils import timezone
+
+from jobs import dashboard, services
 from jobs.models import Job, Status
 
 pytestmark = pytest.mark.django_db
@@ -70,6 +74,30 @@ def test_totals_and_per_type_counts_match_the_jobs(staff):
     page = staff.get("/dashboard/").content.decode()
     assert "Mailbox full" in page and 'data-total="queued">3<' in page
     assert "http://127.0.0.1:5555/" in page and "/admin/jobs/job/" in page
+
+
+def test_the_failed_list_shows_the_latest_failures_first(staff):
+    now = timezone.now()
+    for hours_ago, error in [(3, "oldest"), (1, "newest"), (2, "middle")]:
+        job = failed_job(error=error)
+        Job.objects.filter(id=job.id).update(finished_at=now - timedelta(hours=hours_ago))
+
+    data = staff.get("/dashboard/data/").json()
+
+    assert [j["error"] for j in data["failed"]] == ["newest", "middle", "oldest"]
+
+
+def test_the_failed_list_reads_an_index_in_order_without_sorting_the_failures():
+    if connection.vendor != "postgresql":
+        pytest.skip("reads PostgreSQL's query plan")
+    for _ in range(3):
+        failed_job()
+    with transaction.atomic(), connection.cursor() as cursor:
+        # A table this small would be read whole; the plan for a large one is wanted.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = dashboard.latest_failed().explain()
+
+    assert "job_failed_finished" in plan and "Sort" not in plan, plan
 
 
 def test_one_click_retry_puts_a_failed_job_back_in_the_queue(staff):
