@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from bench import harness
 
 JOBS = int(os.environ.get("BENCH_E2E_JOBS", "5000"))
-ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_E2E_ROUNDS", "5"))
 
 
 @dataclass(frozen=True)
