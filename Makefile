@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.lock | $(BIN)/python
+$(VENV)/.installed: requirements-dev.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
 	touch $@
 
 install: $(VENV)/.installed
@@ -43,10 +43,12 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Refresh requirements.lock after changing pyproject.toml.
+# Refresh the lock files after changing pyproject.toml: requirements.lock is what the
+# production image installs, requirements-dev.lock adds the test and development tools.
 lock: $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache
