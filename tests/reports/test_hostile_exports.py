@@ -1,32 +1,18 @@
 """Notes exports render images from `data:` URLs and the owner's own uploads, and nothing
 else: hostile pages fetch no URL and read no file, and the report still becomes ready."""
 
-import base64
 import io
 
 import pytest
 from django.conf import settings
-from PIL import Image as PILImage
 from pypdf import PdfReader
 
 from notes.models import Page
+from tests.reports.images import BLUE, CYAN, GREEN, RED, YELLOW, colours_of_images, data_url, png
 from tests.reports.test_reports_api import wait_for_report
 from tests.support import wait_for
 
 pytestmark = pytest.mark.worker
-
-
-RED, GREEN, BLUE, YELLOW, CYAN = (200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200)
-
-
-def png(colour: tuple[int, int, int], size=(24, 16)) -> bytes:
-    buffer = io.BytesIO()
-    PILImage.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_url(content: bytes, content_type: str = "image/png") -> str:
-    return f"data:{content_type};base64,{base64.b64encode(content).decode()}"
 
 
 def uploaded_image(api, content: bytes) -> dict:
@@ -50,11 +36,6 @@ def export(api) -> tuple[dict, PdfReader]:
     assert report["status"] == "succeeded", report["error"]
     download = api.get(f"/api/reports/{created['id']}/download/")
     return report, PdfReader(io.BytesIO(download.content))
-
-
-def colours_of_images(reader: PdfReader) -> set[tuple[int, ...]]:
-    """The colour of each image in the document (the test images are plain colours)."""
-    return {image.image.convert("RGB").getpixel((0, 0)) for p in reader.pages for image in p.images}
 
 
 def text_of(reader: PdfReader) -> str:
