@@ -1,5 +1,6 @@
 """What WeasyPrint may load while it renders a report: `data:` URLs and the report owner's
-own stored images, nothing else. No network, no files: pages hold URLs of any kind."""
+own stored images, nothing else, and no image above the pixel limit. No network, no files:
+pages hold URLs of any kind."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from urllib.request import DataHandler, Request
 from weasyprint.urls import URLFetcher, URLFetcherResponse
 
 from notes.services import report_image
+
+from .sanitize import too_many_pixels
 
 
 class RefusedURL(ValueError):
@@ -23,16 +26,20 @@ class ReportFetcher(URLFetcher):
 
     def fetch(self, url: str, headers: dict | None = None) -> URLFetcherResponse:
         if url[:5].lower() == "data:":
-            return _decode_data_url(url)
+            content, content_type = _decode_data_url(url)
+        else:
+            content, content_type = self._owner_image(url)
+        if too_many_pixels(content):
+            raise RefusedURL(f"Reports do not draw images this large: {url[:80]}")
+        return URLFetcherResponse(url, content, {"Content-Type": content_type})
+
+    def _owner_image(self, url: str) -> tuple[bytes, str]:
         found = report_image(self.owner_id, url) if self.owner_id is not None else None
         if found is None:
             raise RefusedURL(f"Reports do not fetch {url[:80]}")
-        content, content_type = found
-        return URLFetcherResponse(url, content, {"Content-Type": content_type})
+        return found
 
 
-def _decode_data_url(url: str) -> URLFetcherResponse:
+def _decode_data_url(url: str) -> tuple[bytes, str]:
     decoded = DataHandler().data_open(Request(url))
-    return URLFetcherResponse(
-        url, decoded.read(), {"Content-Type": decoded.headers["Content-Type"]}
-    )
+    return decoded.read(), decoded.headers["Content-Type"]

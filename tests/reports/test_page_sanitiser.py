@@ -1,11 +1,14 @@
 """Page markdown becomes HTML with only allowed tags and attributes before a report
 template sees it; the templates escape every other piece of user text."""
 
+import io
+
 import pytest
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import SafeString
+from PIL import Image as PILImage
 
 from reports.models import Kind, Report
 from reports.sanitize import clean_html, owner_images, page_html
@@ -93,6 +96,20 @@ def test_images_keep_raster_data_urls_with_alt_and_title():
     html = page_html(f'![a green dot]({source} "Green")')
 
     assert f'<img alt="a green dot" src="{source}" title="Green">' in html
+
+
+def test_images_that_are_not_what_they_claim_or_too_large_lose_their_source():
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><image href="http://x/"/></svg>'
+    buffer = io.BytesIO()
+    PILImage.new("1", (10_000, 6_000)).save(buffer, format="PNG")  # 60 megapixels, small file
+
+    for source in [
+        data_url(svg, "image/png"),
+        data_url(b"not an image"),
+        "data:image/png;base64,%%%",
+        data_url(buffer.getvalue()),
+    ]:
+        assert "src=" not in page_html(f"![x]({source})"), source[:40]
 
 
 @pytest.mark.django_db(transaction=True)

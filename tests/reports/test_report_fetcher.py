@@ -7,6 +7,7 @@ import io
 import pytest
 from django.conf import settings
 from django.utils.safestring import mark_safe
+from PIL import Image as PILImage
 from pypdf import PdfReader
 
 from notes.models import ImageStatus
@@ -112,6 +113,14 @@ def test_everything_else_is_refused_without_a_request_or_a_file_read(
     assert httpserver.log == []
 
 
+def test_images_above_the_pixel_limit_are_refused():
+    buffer = io.BytesIO()
+    PILImage.new("1", (10_000, 6_000)).save(buffer, format="PNG")  # 60 megapixels, small file
+
+    with pytest.raises(RefusedURL):
+        ReportFetcher(owner_id=None).fetch(data_url(buffer.getvalue()))
+
+
 def test_without_an_owner_only_data_urls_are_loaded(user):
     image = stored_image(user, GREEN)
 
@@ -140,7 +149,7 @@ def test_raw_hostile_html_renders_without_fetching_anything(
 <style>@import url("{url}import"); @font-face {{ font-family: x; src: url({url}font); }}
   body {{ background: url({url}style-tag); font-family: x; }}</style>
 {svg}
-<img src="{data_url(svg.encode(), "image/svg+xml")}">
+<img src="{data_url(svg.encode(), "image/svg+xml")}"> <img src="{data_url(svg.encode())}">
 <p>Visible end.</p>"""
     page = {"title": "Raw", "updated_at": None, "words": 2, "html": mark_safe(hostile)}
 
