@@ -103,7 +103,7 @@ def test_a_hostile_page_fetches_nothing_and_the_report_is_still_ready(
 {svg}
 
 ![svg as data]({data_url(svg.encode(), "image/svg+xml")})
-<img src="{data_url(svg.encode(), "image/svg+xml")}">
+<img src="{data_url(svg.encode(), "image/svg+xml")}"> <img src="{data_url(svg.encode())}">
 
 <a href="javascript:fetch('{url}js')">script link</a>
 
