@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -373,3 +374,49 @@ def update_task(task: Task, **changes: Any) -> Task:
         setattr(task, field, value)
     task.save()
     return task
+
+
+# --- reading images for reports ----------------------------------------------------------
+
+IMAGE_REFERENCE = re.compile(r"image:([0-9]{1,18})")
+IMAGE_API_PATH = re.compile(r"/api/notes/images/([0-9]{1,18})/(?:content/)?")
+
+
+def report_image(owner_id: int, url: str) -> tuple[bytes, str] | None:
+    """The bytes and content type of the owner's stored image that `url` names: `image:<id>`,
+    its API path (also on SITE_URL) or exactly the image's own URL. None for anything else,
+    for another owner's image and for one that cannot be read."""
+    stored = Image.objects.filter(owner_id=owner_id, status=ImageStatus.STORED)
+    image_id = _image_id_named_by(url)
+    if image_id is not None:
+        image = stored.filter(id=image_id).first()
+    else:
+        image = stored.filter(url=url).first() if url else None
+    if image is None:
+        return None
+    try:
+        return _image_bytes(image)
+    except Exception:
+        log.warning("Image %s could not be read for a report", image.id, exc_info=True)
+        return None
+
+
+def _image_id_named_by(url: str) -> int | None:
+    if match := IMAGE_REFERENCE.fullmatch(url):
+        return int(match[1])
+    try:
+        parts, site = urlsplit(url), urlsplit(settings.SITE_URL)
+    except ValueError:
+        return None
+    if (parts.scheme or parts.netloc) and (parts.scheme.lower(), parts.netloc.lower()) != (
+        site.scheme.lower(),
+        site.netloc.lower(),
+    ):
+        return None
+    match = IMAGE_API_PATH.fullmatch(parts.path)
+    return int(match[1]) if match else None
+
+
+def _image_bytes(image: Image) -> tuple[bytes, str]:
+    with image.file.open("rb") as stored:
+        return stored.read(), image.content_type

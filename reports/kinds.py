@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-import markdown
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -19,6 +18,7 @@ from notes.models import Page
 
 from .charts import Series, stacked_bars
 from .models import Kind, Report
+from .sanitize import owner_images, page_html
 
 Progress = Callable[[float], None]
 CHUNK = 2000
@@ -196,12 +196,13 @@ def gather_notes(report: Report, progress: Progress) -> list[Page]:
 
 
 def compute_notes(report: Report, pages: list[Page]) -> dict[str, Any]:
+    images = owner_images(report.owner_id)
     return {
         "pages": [
             {
                 "title": p.title,
                 "updated_at": p.updated_at,
-                "html": markdown.markdown(p.content, extensions=["extra"], output_format="html"),
+                "html": page_html(p.content, images),
                 "words": len(p.content.split()),
             }
             for p in pages

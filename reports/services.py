@@ -97,7 +97,7 @@ def generate(ctx: JobContext, report_id: str) -> dict[str, Any]:
     ctx.progress(40, "Computing figures")
     figures = kind.compute(report, data)
     ctx.progress(55, "Rendering PDF")
-    pdf, pages = render_pdf(kind.template, {"report": report, **figures})
+    pdf, pages = render_pdf(kind.template, {"report": report, **figures}, report.owner_id)
     ctx.progress(90, "Storing the file")
     store(report, pdf, pages)
     ctx.progress(97, "Notifying the owner")
@@ -105,23 +105,20 @@ def generate(ctx: JobContext, report_id: str) -> dict[str, Any]:
     return {"report_id": str(report.id), "pages": pages, "size": len(pdf)}
 
 
-def render_pdf(template: str, context: dict[str, Any]) -> tuple[bytes, int]:
+def render_pdf(
+    template: str, context: dict[str, Any], owner_id: int | None = None
+) -> tuple[bytes, int]:
+    """Render the template to PDF. WeasyPrint loads only `data:` URLs and, when `owner_id`
+    is given, that user's stored images; any other URL is left out of the document."""
     from weasyprint import HTML
 
+    from .fetcher import ReportFetcher
+
     html = render_to_string(template, {**context, "generated_at": timezone.now()})
-    document = HTML(string=html, url_fetcher=_refuse_fetching).render()
+    document = HTML(string=html, url_fetcher=ReportFetcher(owner_id)).render()
     buffer = io.BytesIO()
     document.write_pdf(buffer)
     return buffer.getvalue(), len(document.pages)
-
-
-def _refuse_fetching(url: str, *args, **kwargs):
-    # A report never loads anything from outside: notes may hold URLs of any kind.
-    from weasyprint.urls import default_url_fetcher
-
-    if url.startswith("data:"):
-        return default_url_fetcher(url, *args, **kwargs)
-    raise ValueError(f"Reports do not fetch {url[:80]}")
 
 
 def store(report: Report, pdf: bytes, pages: int) -> None:
