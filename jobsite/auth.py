@@ -8,6 +8,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils.crypto import constant_time_compare, salted_hmac
 from rest_framework import exceptions
 from rest_framework_simplejwt import authentication, tokens
+from rest_framework_simplejwt import exceptions as jwt_exceptions
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 from rest_framework_simplejwt.utils import datetime_from_epoch
@@ -60,9 +61,20 @@ def check_password_claim(token: tokens.Token, user: AbstractBaseUser) -> None:
         )
 
 
+def plain_error(exc: jwt_exceptions.AuthenticationFailed) -> exceptions.AuthenticationFailed:
+    """simplejwt's error, whose detail is a dict, as one with a message and a code."""
+    return exceptions.AuthenticationFailed(exc.detail["detail"], code=exc.detail["code"])
+
+
 class JWTAuthentication(authentication.JWTAuthentication):
     """simplejwt's bearer tokens, refused once the user's password has changed. Compares
     with the user simplejwt loads anyway: no query of its own."""
+
+    def authenticate(self, request):
+        try:
+            return super().authenticate(request)
+        except jwt_exceptions.AuthenticationFailed as exc:
+            raise plain_error(exc) from exc
 
     def get_user(self, validated_token: tokens.Token) -> AbstractBaseUser:
         user = super().get_user(validated_token)

@@ -18,11 +18,11 @@ from django.shortcuts import render
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework import exceptions
 from rest_framework import serializers as drf_serializers
+from rest_framework_simplejwt import exceptions as jwt_exceptions
 from rest_framework_simplejwt import serializers, views
-from rest_framework_simplejwt.exceptions import InvalidToken
 from rest_framework_simplejwt.settings import api_settings
 
-from .auth import RefreshToken, check_password_claim
+from .auth import RefreshToken, check_password_claim, plain_error
 from .throttles import TokenRateThrottle
 
 LOCKOUT_MESSAGE = "Too many failed sign-in attempts. Try again later."
@@ -63,7 +63,7 @@ class TokenRefreshSerializer(serializers.TokenRefreshSerializer):
         check_password_claim(refresh, self._active_owner(refresh))
         _, first_use = refresh.blacklist()
         if not first_use:  # another request used it a moment ago
-            raise InvalidToken("Token is blacklisted")
+            raise exceptions.AuthenticationFailed("Token is blacklisted", code="token_not_valid")
         access = refresh.access_token
         refresh.set_jti()
         refresh.set_exp()
@@ -85,7 +85,16 @@ class TokenRevokeSerializer(serializers.TokenBlacklistSerializer):
     token_class = RefreshToken
 
 
-class TokenObtainView(views.TokenObtainPairView):
+class PlainErrorsMixin:
+    """Errors in the project's shape: simplejwt's carry a dict as their detail."""
+
+    def handle_exception(self, exc: Exception):
+        if isinstance(exc, jwt_exceptions.AuthenticationFailed):
+            exc = plain_error(exc)
+        return super().handle_exception(exc)
+
+
+class TokenObtainView(PlainErrorsMixin, views.TokenObtainPairView):
     """Takes a username and password; answers with an access and a refresh token."""
 
     serializer_class = TokenObtainPairSerializer
@@ -97,14 +106,14 @@ class TokenObtainView(views.TokenObtainPairView):
         return {**super().get_serializer_context(), "request": self.request._request}
 
 
-class TokenRefreshView(views.TokenRefreshView):
+class TokenRefreshView(PlainErrorsMixin, views.TokenRefreshView):
     """Takes a refresh token, which is then used up; answers with a new pair."""
 
     serializer_class = TokenRefreshSerializer
     throttle_classes = [TokenRateThrottle]
 
 
-class TokenRevokeView(views.TokenBlacklistView):
+class TokenRevokeView(PlainErrorsMixin, views.TokenBlacklistView):
     """Takes a refresh token and revokes it (signing out). Holding the token is the
     proof: no other sign-in is needed."""
 
