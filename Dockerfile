@@ -1,7 +1,10 @@
 # Jobsite: one image for web, workers, beat and flower (compose.yaml picks the command).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Debug stays off in the image: without DJANGO_SECRET_KEY the settings refuse to load,
+# so no process starts with a guessable key.
+ENV DJANGO_DEBUG=0 \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -18,7 +21,7 @@ COPY requirements.lock .
 RUN pip install -r requirements.lock
 
 COPY . .
-RUN DJANGO_DEBUG=0 DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput
+RUN DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput
 
 RUN useradd --create-home --uid 1000 jobsite \
  && mkdir -p /app/var /app/media \

@@ -18,8 +18,9 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/python -m jobsite.run
 
+# Development database: debug (and its key under var/) unless the environment says otherwise.
 migrate: install
-	$(BIN)/python manage.py migrate
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

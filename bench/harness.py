@@ -45,6 +45,8 @@ def configure_environment(database_url: str = DATABASE_URL) -> None:
             "CELERY_BROKER_URL": REDIS_URL,
             "DJANGO_DEBUG": "0",
             "DJANGO_SECRET_KEY": "bench-secret-key-bench-secret-key-bench-secret-key",
+            # The API benchmark forwards requests as a TLS-terminating proxy would.
+            "DJANGO_BEHIND_PROXY": "1",
             "DJANGO_SETTINGS_MODULE": "jobsite.settings",
             "RATE_LIMIT_USER": "100000000/min",
             "RATE_LIMIT_TOKEN": "100000000/min",

@@ -383,7 +383,8 @@ def history_kept() -> Iterator[None]:
 
 def _client(user):
     from django.test import Client
-    from rest_framework_simplejwt.tokens import AccessToken
+
+    from jobsite.auth import AccessToken
 
     return Client(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}", HTTP_HOST="localhost")
 

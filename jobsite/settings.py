@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from jobs.schedules import beat_schedule
+from jobsite import keys
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -21,18 +22,34 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#debug
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Off unless asked for (`make run` and the test suite ask for it).
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+    # Development: a random key made on first start and kept in var/secret_key.
+    SECRET_KEY = keys.development_secret_key(VAR_DIR / "secret_key")
+# API tokens are signed with a key of their own, by default one derived from SECRET_KEY.
+JWT_SIGNING_KEY = env("JWT_SIGNING_KEY", default="") or keys.derive_key(
+    SECRET_KEY, "jobsite.jwt-signing-key"
+)
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#allowed-hosts
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# A TLS-terminating proxy in front: only then are its X-Forwarded-Proto and the last
+# NUM_PROXIES addresses of X-Forwarded-For believed (client addresses for rate limits
+# and login lockouts).
+BEHIND_PROXY = env.bool("DJANGO_BEHIND_PROXY", default=False)
+NUM_PROXIES = env.int("NUM_PROXIES", default=1 if BEHIND_PROXY else 0)
+if NUM_PROXIES and not BEHIND_PROXY:
+    raise ImproperlyConfigured("NUM_PROXIES is set but DJANGO_BEHIND_PROXY is off")
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -43,6 +60,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",
+    "axes",
     "drf_spectacular",
     "django_celery_beat",
     "django_celery_results",
@@ -60,6 +79,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a login lockout into a 429 answer (jobsite.signin.lockout_response).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "jobsite.urls"
@@ -122,6 +143,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# axes refuses sign-ins while a username or an address is locked out; ModelBackend checks
+# the password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed sign-ins (login page, admin login, token endpoint), counted in the database:
+# AXES_FAILURE_LIMIT failures for one username, or from one client address, lock that
+# username or address out for AXES_COOLOFF_MINUTES. A success clears that username's
+# failures from that address.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "jobsite.signin.LoginAttemptHandler"
+AXES_CLIENT_IP_CALLABLE = "jobsite.throttles.client_address"
+AXES_LOCKOUT_CALLABLE = "jobsite.signin.lockout_response"
+AXES_VERBOSE = False
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/reports/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -176,7 +215,7 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Jobsite <jobsite@localho
 # Django REST Framework: https://www.django-rest-framework.org/api-guide/settings/
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "jobsite.auth.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -189,7 +228,7 @@ REST_FRAMEWORK = {
         "user": env("RATE_LIMIT_USER", default="6000/min"),
         "token": env("RATE_LIMIT_TOKEN", default="30/min"),
     },
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+    "NUM_PROXIES": NUM_PROXIES,
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(
@@ -202,6 +241,11 @@ SIMPLE_JWT = {
     "REFRESH_TOKEN_LIFETIME": timedelta(
         seconds=env.int("JWT_REFRESH_LIFETIME", default=60 * 60 * 24)
     ),
+    "SIGNING_KEY": JWT_SIGNING_KEY,
+    # Each refresh token works once: refreshing blacklists it and issues a new one.
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "AUTH_TOKEN_CLASSES": ("jobsite.auth.AccessToken",),
 }
 
 # OpenAPI: https://drf-spectacular.readthedocs.io/en/latest/settings.html
@@ -363,7 +407,6 @@ LOGGING = {
 
 if not DEBUG:
     # https://docs.djangoproject.com/en/5.2/howto/deployment/checklist/
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
     # Probes from inside the deployment (health checks, Prometheus) speak plain HTTP.
     SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]

@@ -1,17 +1,36 @@
 """API rate limits, counted in Redis: per signed-in user on every endpoint, per client
-address on the token endpoints."""
+address on the token endpoints. The client address is also what login lockouts count."""
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from rest_framework import throttling
+from django.http import HttpRequest
+from rest_framework import exceptions, throttling
 
 log = logging.getLogger(__name__)
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address: the peer's, or behind proxies (NUM_PROXIES, only with
+    DJANGO_BEHIND_PROXY) the one the outermost proxy saw, read from X-Forwarded-For as
+    DRF does. Anything that is not an address counts as the peer's."""
+    address = throttling.BaseThrottle().get_ident(request)
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return request.META.get("REMOTE_ADDR", "")
+
+
+class RateLimitUnavailable(exceptions.APIException):
+    status_code = 503
+    default_detail = "The rate limit cannot be checked right now; try again shortly."
+    default_code = "rate_limit_unavailable"
 
 
 class FailOpenMixin:
@@ -24,6 +43,18 @@ class FailOpenMixin:
         except Exception as exc:
             log.warning("Rate limit check skipped: %s", exc)
             return True
+
+
+class FailClosedMixin:
+    """Where the limit guards password checks, an unreachable Redis refuses the request
+    (503) instead: an outage must not lift the limit on guessing."""
+
+    def allow_request(self, request, view) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except redis.RedisError as exc:
+            log.warning("Token request refused, its rate limit cannot be checked: %s", exc)
+            raise RateLimitUnavailable() from exc
 
 
 @functools.cache
@@ -85,7 +116,10 @@ class UserRateThrottle(FailOpenMixin, WindowCounterMixin, throttling.UserRateThr
     pass
 
 
-class TokenRateThrottle(FailOpenMixin, WindowCounterMixin, throttling.AnonRateThrottle):
+class TokenRateThrottle(FailClosedMixin, WindowCounterMixin, throttling.AnonRateThrottle):
     """Per client address, on the token endpoints."""
 
     scope = "token"
+
+    def get_ident(self, request) -> str:
+        return client_address(request)

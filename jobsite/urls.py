@@ -3,25 +3,16 @@ from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from jobs import dashboard, metrics
 
-from . import health
+from . import health, signin
 from .account import Me
-from .throttles import TokenRateThrottle
 
 api_patterns = [
-    path(
-        "auth/token/",
-        TokenObtainPairView.as_view(throttle_classes=[TokenRateThrottle]),
-        name="token",
-    ),
-    path(
-        "auth/token/refresh/",
-        TokenRefreshView.as_view(throttle_classes=[TokenRateThrottle]),
-        name="token-refresh",
-    ),
+    path("auth/token/", signin.TokenObtainView.as_view(), name="token"),
+    path("auth/token/refresh/", signin.TokenRefreshView.as_view(), name="token-refresh"),
+    path("auth/token/revoke/", signin.TokenRevokeView.as_view(), name="token-revoke"),
     path("me/", Me.as_view(), name="me"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

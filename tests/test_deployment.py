@@ -1,6 +1,7 @@
 """Deployment files agree with each other and with the code: compose runs what the
-Procfile runs, every queue has a worker, Beat runs once, the image runs as non-root,
-and the production settings pass Django's deployment checks."""
+Procfile runs, every queue has a worker, Beat runs once, the image runs as non-root with
+debug off, refuses to start without a secret key and installs no development tools, and
+the production settings pass Django's deployment checks."""
 
 import os
 import re
@@ -169,3 +170,56 @@ def test_with_debug_off_whitenoise_serves_the_collected_static_files(tmp_path):
 
     assert result.stdout.startswith("200 "), result.stdout + result.stderr
     assert "immutable" in result.stdout  # hashed names are cached forever
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The variables the image's ENV instructions set."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env = {}
+    for line in re.findall(r"^ENV (.+)$", text, flags=re.MULTILINE):
+        env.update(pair.split("=", 1) for pair in line.split())
+    return env
+
+
+def image_env(tmp_path: Path) -> dict[str, str]:
+    """What a container of the image starts with when the operator sets nothing."""
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **dockerfile_env()}
+
+
+def test_the_image_turns_debug_off():
+    assert dockerfile_env()["DJANGO_DEBUG"] == "0"
+
+
+def test_the_image_refuses_to_start_without_a_secret_key(tmp_path):
+    settings_import = subprocess.run(
+        [sys.executable, "-c", "import jobsite.settings"],
+        cwd=ROOT,
+        env=image_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    gunicorn = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "jobsite.wsgi", "--bind", "127.0.0.1:0"],
+        cwd=ROOT,
+        env=image_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert settings_import.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in settings_import.stderr
+    assert gunicorn.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in gunicorn.stderr
+
+
+def test_the_image_installs_no_development_tools():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    pinned = {
+        line.split("==")[0].lower()
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
+
+    assert "requirements-dev.lock" not in dockerfile and "[dev]" not in dockerfile
+    assert not pinned & {"pytest", "pytest-django", "playwright", "py-spy", "ruff", "schemathesis"}
