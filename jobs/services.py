@@ -19,7 +19,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from . import messages, registry, sql
-from .errors import IdempotencyConflict, InvalidTransition
+from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import (
     FINISHED_STATUSES,
     RETRYABLE_STATUSES,
@@ -213,6 +213,31 @@ def _created_message(job: Job) -> str:
     if job.run_at:
         return f"Created, to run at {job.run_at.isoformat()}"
     return "Created"
+
+
+def check_room_for(user, specs: Sequence[JobSpec]) -> None:
+    """Raise `TooManyActiveJobs` if creating `specs` would take a non-staff user past
+    JOBS_USER_MAX_ACTIVE queued and running jobs. Repeats of earlier requests (same
+    idempotency key) create nothing and do not count.
+
+    A soft cap: two requests at the same moment may both pass the check.
+    """
+    limit = settings.JOBS_USER_MAX_ACTIVE
+    if not limit or user.is_staff:
+        return
+    active = active_job_count(user, up_to=limit)
+    if active + len(specs) <= limit:
+        return
+    keys = [s.idempotency_key for s in specs if s.idempotency_key]
+    new = len(specs) - len(_existing_for_keys(user, keys))
+    if new and active + new > limit:
+        raise TooManyActiveJobs(limit=limit, active=active, requested=new)
+
+
+def active_job_count(owner, *, up_to: int) -> int:
+    """How many of `owner`'s jobs are queued or running, counting no further than
+    `up_to`: one scan of the job_owner_status index, at most `up_to` entries long."""
+    return Job.objects.active().filter(owner=owner).order_by().values("status")[:up_to].count()
 
 
 def enqueue_for_schedule(
