@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from . import registry, services
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
-from .models import Job, JobEvent, Priority, Status
+from .models import RETRYABLE_STATUSES, Job, JobEvent, Priority, Status
 
 PRIORITY_NAMES = [p.label for p in Priority]
 # Priorities above normal are for staff.
@@ -365,10 +365,15 @@ class JobViewSet(viewsets.GenericViewSet):
     def destroy(self, request: Request, pk: str) -> Response:
         return self.cancel(request, pk)
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobSerializer, 429: TOO_MANY_ACTIVE})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         job = self.get_object()
+        if job.status in RETRYABLE_STATUSES:  # a retried job is active again
+            try:
+                services.check_room_for(request.user, [services.JobSpec(job.type)])
+            except TooManyActiveJobs as exc:
+                return _too_many_active(exc)
         try:
             job = services.retry(job)
         except InvalidTransition as exc:

@@ -131,6 +131,22 @@ def test_a_repeated_request_at_the_cap_returns_its_job(api, settings):
     assert Job.objects.count() == 2
 
 
+def test_a_retry_counts_against_the_cap(api, settings):
+    settings.JOBS_USER_MAX_ACTIVE = 2
+    first, _ = noops(api, 2)
+    assert api.post(f"/api/jobs/{first}/cancel/").status_code == 200
+    noops(api, 1)
+
+    refused = api.post(f"/api/jobs/{first}/retry/")
+    Job.objects.filter(status=Status.QUEUED).update(status=Status.SUCCEEDED)
+    retried = api.post(f"/api/jobs/{first}/retry/")
+
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "too_many_active_jobs"
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["status"] == "queued"
+
+
 def test_staff_have_no_cap(staff_api, settings):
     settings.JOBS_USER_MAX_ACTIVE = 1
 
