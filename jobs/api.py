@@ -125,7 +125,7 @@ class JobCreateSerializer(serializers.Serializer):
                 f"Jobs of type {value!r} are created by the application, not through the API."
             )
         # To others a type they may not create is as unknown as a misspelt one.
-        creatable = ", ".join(jt.name for jt in registry.creatable_by(self.user))
+        creatable = ", ".join(t.name for t in registry.creatable_by(self.user))
         raise serializers.ValidationError(
             f"Unknown job type {value!r}. Types you may create: {creatable}."
         )
@@ -139,7 +139,7 @@ class JobCreateSerializer(serializers.Serializer):
 
     def validate_run_at(self, value: datetime | None) -> datetime | None:
         ahead = timedelta(seconds=settings.JOBS_MAX_SCHEDULE_AHEAD)
-        latest = timezone.now() + ahead
+        latest = (timezone.now() + ahead).replace(microsecond=0)
         if value is not None and value > latest:
             raise serializers.ValidationError(
                 f"Must be at most {_duration(ahead)} ahead, no later than {latest.isoformat()}."
