@@ -117,8 +117,10 @@ def gunicorn() -> Iterator[Server]:
     log_dir = Path(tempfile.mkdtemp(prefix="jobsite-bench-api-"))
     log_path = log_dir / "gunicorn.log"
     with log_path.open("wb") as log:
+        # No worker runs the created jobs: they pile up queued, past any per-user cap.
+        env = {**os.environ, "JOBS_USER_MAX_ACTIVE": "0"}
         process = subprocess.Popen(
-            command, cwd=harness.ROOT, env=os.environ, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=harness.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     base_url = f"http://127.0.0.1:{port}"
     try:

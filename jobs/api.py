@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connections
 from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -19,10 +21,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import registry, services
-from .errors import IdempotencyConflict, InvalidTransition
-from .models import Job, JobEvent, Priority, Status
+from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
+from .models import RETRYABLE_STATUSES, Job, JobEvent, Priority, Status
 
 PRIORITY_NAMES = [p.label for p in Priority]
+# Priorities above normal are for staff.
+USER_PRIORITY_NAMES = [p.label for p in Priority if p <= Priority.NORMAL]
 
 
 class JobEventSerializer(serializers.ModelSerializer):
@@ -96,18 +100,59 @@ def job_data(job: Job) -> dict:
 
 
 class JobCreateSerializer(serializers.Serializer):
+    """One job asked for through the API, checked against what the caller may ask for:
+    the `user` in the serializer's context."""
+
     type = serializers.CharField(max_length=100)
     payload = serializers.JSONField(required=False, default=dict)
     idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
     priority = serializers.ChoiceField(choices=PRIORITY_NAMES, default="normal")
     run_at = serializers.DateTimeField(required=False, allow_null=True)
 
+    @property
+    def user(self):
+        return self.context["user"]
+
     def validate_type(self, value: str) -> str:
         try:
-            registry.get(value)
-        except registry.UnknownJobType as exc:
-            raise serializers.ValidationError(str(exc)) from None
+            jt = registry.get(value)
+        except registry.UnknownJobType:
+            jt = None
+        if jt is not None and jt.can_be_created_by(self.user):
+            return value
+        if jt is not None and self.user.is_staff:
+            raise serializers.ValidationError(
+                f"Jobs of type {value!r} are created by the application, not through the API."
+            )
+        # To others a type they may not create is as unknown as a misspelt one.
+        creatable = ", ".join(t.name for t in registry.creatable_by(self.user))
+        raise serializers.ValidationError(
+            f"Unknown job type {value!r}. Types you may create: {creatable}."
+        )
+
+    def validate_priority(self, value: str) -> str:
+        if value not in USER_PRIORITY_NAMES and not self.user.is_staff:
+            raise serializers.ValidationError(
+                f"Must be one of: {', '.join(USER_PRIORITY_NAMES)} (higher is for staff)."
+            )
         return value
+
+    def validate_run_at(self, value: datetime | None) -> datetime | None:
+        ahead = timedelta(seconds=settings.JOBS_MAX_SCHEDULE_AHEAD)
+        latest = (timezone.now() + ahead).replace(microsecond=0)
+        if value is not None and value > latest:
+            raise serializers.ValidationError(
+                f"Must be at most {_duration(ahead)} ahead, no later than {latest.isoformat()}."
+            )
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        payload = attrs["payload"]
+        if isinstance(payload, dict):  # else enqueueing names it
+            refused = registry.get(attrs["type"]).payload_refusals(self.user, payload)
+            if refused:
+                raise serializers.ValidationError({"payload": refused})
+        return attrs
 
     def to_spec(self) -> services.JobSpec:
         data = self.validated_data
@@ -133,11 +178,43 @@ class JobPagination(CursorPagination):
     max_page_size = 500
 
 
+def _duration(delta: timedelta) -> str:
+    if delta.days and delta == timedelta(days=delta.days):
+        return f"{delta.days} days"
+    return f"{int(delta.total_seconds())} seconds"
+
+
 def _conflict(exc: Exception, code: str, job: Job) -> Response:
     return Response(
         {"detail": str(exc), "code": code, "job_id": str(job.id), "status": job.status},
         status=status.HTTP_409_CONFLICT,
     )
+
+
+class TooManyActiveJobsSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    limit = serializers.IntegerField(help_text="Queued and running jobs allowed per user")
+    active = serializers.IntegerField(help_text="Queued and running jobs the user has")
+    requested = serializers.IntegerField(help_text="New jobs the request would add")
+
+
+def _too_many_active(exc: TooManyActiveJobs) -> Response:
+    return Response(
+        {
+            "detail": str(exc),
+            "code": "too_many_active_jobs",
+            "limit": exc.limit,
+            "active": exc.active,
+            "requested": exc.requested,
+        },
+        status=status.HTTP_429_TOO_MANY_REQUESTS,
+    )
+
+
+TOO_MANY_ACTIVE = OpenApiResponse(
+    TooManyActiveJobsSerializer, description="The caller's cap of active jobs is reached"
+)
 
 
 @extend_schema(tags=["jobs"])
@@ -185,7 +262,10 @@ class JobViewSet(viewsets.GenericViewSet):
             raise serializers.ValidationError(errors)
         return jobs
 
-    @extend_schema(request=JobCreateSerializer, responses={202: JobSerializer, 200: JobSerializer})
+    @extend_schema(
+        request=JobCreateSerializer,
+        responses={202: JobSerializer, 200: JobSerializer, 429: TOO_MANY_ACTIVE},
+    )
     def create(self, request: Request) -> Response:
         data = request.data
         if not isinstance(data, dict):
@@ -193,9 +273,13 @@ class JobViewSet(viewsets.GenericViewSet):
         header_key = request.headers.get("Idempotency-Key")
         if header_key and not data.get("idempotency_key"):
             data = {**data, "idempotency_key": header_key}
-        serializer = JobCreateSerializer(data=data)
+        serializer = JobCreateSerializer(data=data, context={"user": request.user})
         serializer.is_valid(raise_exception=True)
         spec = serializer.to_spec()
+        try:
+            services.check_room_for(request.user, [spec])
+        except TooManyActiveJobs as exc:
+            return _too_many_active(exc)
         try:
             outcome = services.enqueue(
                 spec.type,
@@ -210,14 +294,18 @@ class JobViewSet(viewsets.GenericViewSet):
         code = status.HTTP_202_ACCEPTED if outcome.created else status.HTTP_200_OK
         return Response(job_data(outcome.job), status=code)
 
-    @extend_schema(request=BulkCreateSerializer, responses={202: JobSerializer(many=True)})
+    @extend_schema(
+        request=BulkCreateSerializer,
+        responses={202: JobSerializer(many=True), 429: TOO_MANY_ACTIVE},
+    )
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
         outer = BulkCreateSerializer(data=request.data)
         outer.is_valid(raise_exception=True)
         specs, errors = {}, {}
+        context = {"user": request.user}
         for index, item in enumerate(outer.validated_data["jobs"]):
-            serializer = JobCreateSerializer(data=item)
+            serializer = JobCreateSerializer(data=item, context=context)
             if serializer.is_valid():
                 specs[str(index)] = serializer.to_spec()
             else:
@@ -228,6 +316,10 @@ class JobViewSet(viewsets.GenericViewSet):
             errors.update(_payload_errors(specs))
             raise serializers.ValidationError({"jobs": dict(sorted(errors.items(), key=_by_index))})
         specs = list(specs.values())
+        try:
+            services.check_room_for(request.user, specs)
+        except TooManyActiveJobs as exc:
+            return _too_many_active(exc)
         try:
             outcomes = services.enqueue_many(specs, owner=request.user)
         except IdempotencyConflict as exc:
@@ -273,10 +365,15 @@ class JobViewSet(viewsets.GenericViewSet):
     def destroy(self, request: Request, pk: str) -> Response:
         return self.cancel(request, pk)
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobSerializer, 429: TOO_MANY_ACTIVE})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         job = self.get_object()
+        if job.status in RETRYABLE_STATUSES:  # a retried job is active again
+            try:
+                services.check_room_for(request.user, [services.JobSpec(job.type)])
+            except TooManyActiveJobs as exc:
+                return _too_many_active(exc)
         try:
             job = services.retry(job)
         except InvalidTransition as exc:
@@ -351,6 +448,10 @@ def if_none_match(request: Request) -> set[str]:
 class JobTypeSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
+    exposure = serializers.ChoiceField(
+        choices=[e.value for e in registry.Exposure],
+        help_text="Who may create it through the API: any user, or staff",
+    )
     queue = serializers.CharField()
     max_attempts = serializers.IntegerField()
     backoff_base = serializers.FloatField()
@@ -360,18 +461,22 @@ class JobTypeSerializer(serializers.Serializer):
 
 @extend_schema(tags=["jobs"], responses=JobTypeSerializer(many=True))
 class JobTypeList(APIView):
+    """The job types the caller may create, with the payload fields they may set."""
+
     def get(self, request: Request) -> Response:
+        staff = request.user.is_staff
         return Response(
             [
                 {
                     "name": jt.name,
                     "description": jt.description,
+                    "exposure": jt.exposure.value,
                     "queue": jt.queue,
                     "max_attempts": jt.max_attempts,
                     "backoff_base": jt.backoff_base,
                     "soft_time_limit": jt.soft_time_limit,
-                    "payload_fields": jt.payload_fields(),
+                    "payload_fields": jt.payload_fields(staff_fields=staff),
                 }
-                for jt in registry.all_types()
+                for jt in registry.creatable_by(request.user)
             ]
         )

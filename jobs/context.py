@@ -7,7 +7,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .errors import JobCancelled, JobLost
+from .errors import JobCancelled, JobLost, PermanentError
 from .models import EventKind, Job, JobEffect, JobEvent, Status
 
 MILESTONES = (25, 50, 75)
@@ -24,6 +24,13 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.job.attempts
+
+    def check_owner(self, owner_id: int, what: str) -> None:
+        """Stop, failing at once, if the job has an owner and `what` (an object the
+        job acts on, owned by `owner_id`) is someone else's. Jobs without an owner,
+        created by the application, act on any user's objects."""
+        if self.job.owner_id is not None and owner_id != self.job.owner_id:
+            raise PermanentError(f"{what} does not belong to the owner of this job")
 
     def _held(self):
         return Job.objects.filter(id=self.job.id, status=Status.RUNNING, attempts=self.job.attempts)

@@ -33,3 +33,20 @@ class InvalidTransition(Exception):
         super().__init__(f"Cannot {action} a job that is {job.status}.")
         self.job = job
         self.action = action
+
+
+class TooManyActiveJobs(Exception):
+    """Creating more jobs would take a user past their cap of queued and running jobs.
+
+    `active` is counted up to the cap, so at the cap it means "at least this many".
+    """
+
+    def __init__(self, *, limit: int, active: int, requested: int):
+        have = f"{active}" if active < limit else f"{active} or more"
+        super().__init__(
+            f"At most {limit} queued or running jobs per user: you have {have}, and this "
+            f"request adds {requested}. Wait for some to finish, or cancel some."
+        )
+        self.limit = limit
+        self.active = active
+        self.requested = requested

@@ -11,7 +11,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from .context import JobContext
-from .registry import Retention, job_type
+from .registry import Exposure, Retention, job_type
 
 
 class SendEmailPayload(serializers.Serializer):
@@ -44,6 +44,8 @@ def send_email_once(ctx: JobContext, *, to: list[str], subject: str, body: str) 
     backoff_base=5,
     soft_time_limit=60,
     description="Send one e-mail through the configured e-mail backend.",
+    # To any address: not for non-staff, who get mail through the apps' own features.
+    exposure=Exposure.STAFF,
 )
 def send_email(ctx: JobContext) -> dict:
     p = ctx.payload
@@ -73,7 +75,12 @@ def send_welcome(ctx: JobContext) -> dict:
     return send_email_once(ctx, to=[p["email"]], subject="Welcome to Jobsite", body=body)
 
 
-@job_type("system.noop", soft_time_limit=30, description="Does nothing; for checks and benchmarks.")
+@job_type(
+    "system.noop",
+    soft_time_limit=30,
+    description="Does nothing; for checks and benchmarks.",
+    exposure=Exposure.USERS,
+)
 def noop(ctx: JobContext) -> None:
     return None
 
@@ -94,6 +101,14 @@ class SleepPayload(serializers.Serializer):
     )
 
 
+def sleep_user_limits(payload: dict) -> dict[str, list[str]]:
+    """Non-staff callers sleep at most JOBS_USER_SLEEP_MAX_SECONDS."""
+    limit = settings.JOBS_USER_SLEEP_MAX_SECONDS
+    if payload["seconds"] > limit:
+        return {"seconds": [f"Ensure this value is less than or equal to {limit:g}."]}
+    return {}
+
+
 class DemoFailure(Exception):
     pass
 
@@ -104,6 +119,10 @@ class DemoFailure(Exception):
     backoff_base=1,
     soft_time_limit=3700,
     description="Sleep for a while, reporting progress and honouring cancellation.",
+    exposure=Exposure.USERS,
+    # A sleep without checkpoints holds a worker process with no way to cancel it.
+    staff_fields=frozenset({"checkpoints"}),
+    user_limits=sleep_user_limits,
 )
 def sleep(ctx: JobContext) -> dict:
     from .errors import PermanentError

@@ -7,6 +7,10 @@ A job type is registered once, in its app's `jobs.py`, with the `job_type` decor
 
 Each type becomes a Celery task of the same name, so Flower and the result admin
 show meaningful names.
+
+A type also says who may create it through the API (`exposure`); code
+(`jobs.services.enqueue`), schedules, the `enqueue_job` command and the apps' own
+endpoints create any type. A type that says nothing is not creatable through the API.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
@@ -22,6 +27,16 @@ if TYPE_CHECKING:
     from .context import JobContext
 
 Handler = Callable[["JobContext"], Any]
+# A type's bounds for non-staff callers: its validated payload -> errors by payload field.
+PayloadLimits = Callable[[dict[str, Any]], dict[str, list[str]]]
+
+
+class Exposure(StrEnum):
+    """Who may create jobs of a type through the API."""
+
+    USERS = "users"  # any signed-in user
+    STAFF = "staff"  # staff users only
+    INTERNAL = "internal"  # nobody: only the application itself
 
 
 class EmptyPayload(serializers.Serializer):
@@ -52,12 +67,41 @@ class JobType:
     retention: Retention = field(default_factory=Retention)
     run_at_startup: bool = False
     description: str = ""
+    exposure: Exposure = Exposure.INTERNAL
+    # Payload fields only staff may set through the API; others sending one get a 400.
+    staff_fields: frozenset[str] = frozenset()
+    # Bounds on the payload for non-staff API callers, beyond the serializer's own.
+    user_limits: PayloadLimits | None = None
+
+    def can_be_created_by(self, user) -> bool:
+        """Whether `user` may create jobs of this type through the API."""
+        if self.exposure == Exposure.USERS:
+            return bool(user.is_authenticated)
+        if self.exposure == Exposure.STAFF:
+            return bool(user.is_staff)
+        return False
+
+    def payload_refusals(self, user, payload: dict[str, Any]) -> dict[str, list[str]]:
+        """What `user` may not ask for in `payload` through the API, by payload field;
+        empty when nothing is refused. Staff may set anything."""
+        if user.is_staff:
+            return {}
+        refused = {
+            name: ["Only staff may set this field."]
+            for name in sorted(self.staff_fields & payload.keys())
+        }
+        if refused or self.user_limits is None:
+            return refused
+        serializer = self.serializer(data=payload)
+        if not serializer.is_valid():
+            return {}  # enqueueing names what is wrong with it
+        return self.user_limits(serializer.validated_data)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number `attempt`."""
         return min(self.backoff_base * 2 ** max(attempt - 1, 0), self.backoff_max)
 
-    def payload_fields(self) -> dict[str, dict[str, Any]]:
+    def payload_fields(self, *, staff_fields: bool = True) -> dict[str, dict[str, Any]]:
         return {
             name: {
                 "type": type(f).__name__.removesuffix("Field").lower() or "field",
@@ -65,16 +109,18 @@ class JobType:
                 "help_text": str(f.help_text or ""),
             }
             for name, f in self.serializer().fields.items()
+            if staff_fields or name not in self.staff_fields
         }
 
 
 class UnknownJobType(KeyError):
+    # The message names no other type: callers that may list types choose which.
     def __init__(self, name: str):
         super().__init__(name)
         self.name = name
 
     def __str__(self) -> str:
-        return f"Unknown job type {self.name!r}. Known types: {', '.join(names())}."
+        return f"Unknown job type {self.name!r}."
 
 
 _registry: dict[str, JobType] = {}
@@ -85,6 +131,8 @@ def register(jt: JobType) -> JobType:
 
     if jt.name in _registry and _registry[jt.name].handler is not jt.handler:
         raise ValueError(f"Job type {jt.name!r} is already registered")
+    if unknown := jt.staff_fields - jt.serializer().fields.keys():
+        raise ValueError(f"Job type {jt.name!r}: no payload field {', '.join(sorted(unknown))}")
     _registry[jt.name] = jt
     make_task(jt)
     return jt
@@ -113,3 +161,8 @@ def names() -> list[str]:
 
 def all_types() -> list[JobType]:
     return [_registry[n] for n in names()]
+
+
+def creatable_by(user) -> list[JobType]:
+    """The types `user` may create through the API, by name."""
+    return [jt for jt in all_types() if jt.can_be_created_by(user)]

@@ -373,6 +373,12 @@ JOBS_REDISPATCH_AFTER = env.float("JOBS_REDISPATCH_AFTER", default=300.0)
 JOBS_BROKER_DELAY_MAX = env.float("JOBS_BROKER_DELAY_MAX", default=60.0)
 JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
+# Limits on jobs created through the API by non-staff users (see jobs/api.py):
+# queued + running jobs per user (0: no cap), and the longest system.sleep.
+JOBS_USER_MAX_ACTIVE = env.int("JOBS_USER_MAX_ACTIVE", default=1000)
+JOBS_USER_SLEEP_MAX_SECONDS = env.float("JOBS_USER_SLEEP_MAX_SECONDS", default=60.0)
+# How far ahead an API caller (staff too) may schedule a job's run_at, in seconds.
+JOBS_MAX_SCHEDULE_AHEAD = env.int("JOBS_MAX_SCHEDULE_AHEAD", default=365 * 24 * 3600)
 # The claim and finish statements every job runs are prepared once per connection
 # (PostgreSQL); 0 for connection poolers that cannot keep prepared statements.
 JOBS_PREPARED_STATEMENTS = env.bool("JOBS_PREPARED_STATEMENTS", default=True)

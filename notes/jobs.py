@@ -1,4 +1,8 @@
-"""Notes job types: page saves, image uploads, image clean-up, task reminders."""
+"""Notes job types: page saves, image uploads, image clean-up, task reminders.
+
+None is creatable through the jobs API (the default exposure): the notes endpoints,
+the schedules and the staff clean-up endpoint create them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from jobs.context import JobContext
 from jobs.registry import job_type
 
 from . import services
+from .models import Image, Page
 
 
 class SavePagePayload(serializers.Serializer):
@@ -31,6 +36,9 @@ class SavePagePayload(serializers.Serializer):
 )
 def save_page(ctx: JobContext) -> dict:
     p = ctx.payload
+    owner_id = Page.objects.filter(id=p["page_id"]).values_list("owner_id", flat=True).first()
+    if owner_id is not None:
+        ctx.check_owner(owner_id, f"Page {p['page_id']}")
     applied = services.apply_save(p["page_id"], p["version"], p["content"], p.get("title"))
     return {"page_id": p["page_id"], "version": p["version"], "applied": applied}
 
@@ -50,6 +58,9 @@ class UploadImagePayload(serializers.Serializer):
 )
 def upload_image(ctx: JobContext) -> dict:
     image_id = ctx.payload["image_id"]
+    owner_id = Image.objects.filter(id=image_id).values_list("owner_id", flat=True).first()
+    if owner_id is not None:
+        ctx.check_owner(owner_id, f"Image {image_id}")
     try:
         return services.store_image(ctx, image_id)
     except Exception as exc:
@@ -72,6 +83,8 @@ class CleanupPayload(serializers.Serializer):
     backoff_base=60,
     soft_time_limit=1800,
     description="Mark images no page shows; delete those marked past the grace period.",
+    # The grace period and batch size are the operators' settings.
+    staff_fields=frozenset({"batch_size", "grace_hours"}),
 )
 def image_cleanup(ctx: JobContext) -> dict:
     p = ctx.payload

@@ -1,4 +1,4 @@
-"""The report job type."""
+"""The report job type, created by the reports endpoints (not through the jobs API)."""
 
 from datetime import timedelta
 
@@ -8,6 +8,7 @@ from jobs.context import JobContext
 from jobs.registry import Retention, job_type
 
 from . import services
+from .models import Report
 
 
 class GeneratePayload(serializers.Serializer):
@@ -25,4 +26,8 @@ class GeneratePayload(serializers.Serializer):
     description="Render a PDF report in phases and e-mail its owner a link.",
 )
 def generate_report(ctx: JobContext) -> dict:
-    return services.generate(ctx, str(ctx.payload["report_id"]))
+    report_id = str(ctx.payload["report_id"])
+    owner_id = Report.objects.filter(id=report_id).values_list("owner_id", flat=True).first()
+    if owner_id is not None:
+        ctx.check_owner(owner_id, f"Report {report_id}")
+    return services.generate(ctx, report_id)

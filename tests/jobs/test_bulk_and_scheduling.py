@@ -86,16 +86,16 @@ def test_a_delayed_job_starts_when_its_time_comes(api, worker):
 
 
 @pytest.mark.worker
-def test_high_priority_jobs_run_before_low_ones(api, start_worker):
+def test_high_priority_jobs_run_before_low_ones(staff_api, start_worker):
     low = [
-        api.post("/api/jobs/", {"type": "system.noop", "priority": "low"}).json()["id"]
+        staff_api.post("/api/jobs/", {"type": "system.noop", "priority": "low"}).json()["id"]
         for _ in range(10)
     ]
-    high = api.post("/api/jobs/", {"type": "system.noop", "priority": "high"}).json()["id"]
+    high = staff_api.post("/api/jobs/", {"type": "system.noop", "priority": "high"}).json()["id"]
 
     start_worker(concurrency=1, env={"CELERY_WORKER_PREFETCH_MULTIPLIER": "1"})
     for job_id in [*low, high]:
-        api.wait_for_status(job_id, "succeeded")
+        staff_api.wait_for_status(job_id, "succeeded")
 
     order = list(Job.objects.order_by("started_at").values_list("id", flat=True))
     assert str(order[0]) == high

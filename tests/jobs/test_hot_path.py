@@ -83,13 +83,13 @@ def test_a_jobs_message_is_the_one_apply_async_would_send(transactional_db):
 
 
 @pytest.mark.worker
-def test_a_job_that_reports_nothing_stays_alive_past_the_lock_duration(api, start_worker):
+def test_a_job_that_reports_nothing_stays_alive_past_the_lock_duration(staff_api, start_worker):
     start_worker(lock_duration=2.0, sweep_interval=0.5)
-    created = api.post(
+    created = staff_api.post(
         "/api/jobs/", {"type": "system.sleep", "payload": {"seconds": 5, "checkpoints": False}}
     ).json()
 
-    job = api.wait_for_status(created["id"], "succeeded", timeout=30)
+    job = staff_api.wait_for_status(created["id"], "succeeded", timeout=30)
 
     assert job["attempts"] == 1
     assert "recovered" not in [e["kind"] for e in job["events"]]

@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 from pypdf import PdfReader
 
+from jobs import registry
 from jobs.models import Job, Status
 from notes.models import Page
 from reports.models import Report
@@ -234,11 +235,10 @@ def test_the_list_filters_by_status_and_by_id_or_title(api):
     assert api.get("/api/reports/?status=lost").status_code == 400
 
 
-def test_report_jobs_run_on_their_own_queue_with_three_attempts_backing_off_from_2s(api):
-    types = {t["name"]: t for t in api.get("/api/job-types/").json()}
+def test_report_jobs_run_on_their_own_queue_with_three_attempts_backing_off_from_2s():
+    generate = registry.get("reports.generate")
 
-    generate = types["reports.generate"]
-    assert (generate["queue"], generate["max_attempts"], generate["backoff_base"]) == (
+    assert (generate.queue, generate.max_attempts, generate.backoff_base) == (
         "reports",
         3,
         2.0,

@@ -37,7 +37,8 @@ class Command(BaseCommand):
                 type, data, idempotency_key=key, priority=priority, run_at=when
             )
         except registry.UnknownJobType as exc:
-            raise CommandError(str(exc), returncode=2) from None
+            known = ", ".join(registry.names())
+            raise CommandError(f"{exc} Known types: {known}.", returncode=2) from None
         except ValidationError as exc:
             raise CommandError(f"Invalid input: {json.dumps(exc.detail)}", returncode=2) from None
         except IdempotencyConflict as exc:
