@@ -81,7 +81,7 @@ class JobFieldsSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def viewer_of(context: dict):
+def viewer_of(context: dict) -> visibility.Viewer:
     """The user a serializer shows a job to: its request's; None (a stranger) without one."""
     request = context.get("request")
     return getattr(request, "user", None)
@@ -127,7 +127,7 @@ _job_representation = JobFieldsSerializer()
 _status_representation = JobStatusSerializer()
 
 
-def job_data(job: Job, viewer) -> dict:
+def job_data(job: Job, viewer: visibility.Viewer) -> dict:
     """A job as `JobSerializer` shows it to `viewer`."""
     return visibility.shown_to(viewer, job.owner_id, _job_representation.to_representation(job))
 

@@ -9,7 +9,12 @@ see all of it, everyone else the first line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractUser, AnonymousUser
+
+    Viewer = AbstractUser | AnonymousUser | None
 
 PAYLOAD_PERMISSION = "jobs.view_job_payload"
 ONE_LINE_ERROR_MAX = 300
@@ -23,21 +28,17 @@ def one_line_error(error: str) -> str:
     return line
 
 
-def sees_tracebacks(viewer) -> bool:
+def sees_tracebacks(viewer: Viewer) -> bool:
     return bool(viewer is not None and viewer.is_staff)
 
 
-def error_for(viewer, error: str) -> str:
-    return error if sees_tracebacks(viewer) else one_line_error(error)
-
-
-def sees_payload(viewer, owner_id: int | None) -> bool:
+def sees_payload(viewer: Viewer, owner_id: int | None) -> bool:
     if viewer is None or viewer.pk is None:
         return False
     return owner_id == viewer.pk or viewer.has_perm(PAYLOAD_PERMISSION)
 
 
-def shown_to(viewer, owner_id: int | None, data: dict[str, Any]) -> dict[str, Any]:
+def shown_to(viewer: Viewer, owner_id: int | None, data: dict[str, Any]) -> dict[str, Any]:
     """A job's serialized fields with what `viewer` may not see taken out."""
     if not sees_payload(viewer, owner_id):
         data["payload"] = data["result"] = None
