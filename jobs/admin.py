@@ -1,8 +1,10 @@
 from django.contrib import admin, messages
 
-from . import services
+from . import services, visibility
 from .errors import InvalidTransition
 from .models import Job, JobEvent
+
+OWNERS_FIELDS = ["payload", "result"]
 
 
 class JobEventInline(admin.TabularInline):
@@ -31,12 +33,26 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Retry selected failed or cancelled jobs")
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.retry_job")
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.cancel_job")
+
+    def get_fields(self, request, obj: Job | None = None) -> list[str]:
+        """Payload and result only for their owner or with the view_job_payload permission."""
+        fields = super().get_fields(request, obj)
+        owner_id = obj.owner_id if obj else None
+        if visibility.sees_payload(request.user, owner_id):
+            return fields
+        return [name for name in fields if name not in OWNERS_FIELDS]
+
+    @admin.action(permissions=["retry"], description="Retry selected failed or cancelled jobs")
     def retry_jobs(self, request, queryset) -> None:
         count = services.retry_many(queryset)
         self.message_user(request, f"{count} job(s) queued again.", messages.SUCCESS)
 
-    @admin.action(description="Cancel selected jobs")
+    @admin.action(permissions=["cancel"], description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset) -> None:
         done = 0
         for job in queryset.active():

@@ -13,14 +13,14 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers, status, viewsets
+from rest_framework import exceptions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import registry, services
+from . import registry, services, visibility
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import RETRYABLE_STATUSES, Job, JobEvent, Priority, Status
 
@@ -35,9 +35,25 @@ class JobEventSerializer(serializers.ModelSerializer):
         fields = ["kind", "message", "attempt", "created_at"]
 
 
-class JobSerializer(serializers.ModelSerializer):
+class JobFieldsSerializer(serializers.ModelSerializer):
+    """Every field of a job as stored; `JobSerializer` shows each viewer their part of it."""
+
     priority = serializers.CharField(source="priority_name", read_only=True)
     owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    payload = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text="null on other users' jobs without the view_job_payload permission.",
+    )
+    result = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text="null on other users' jobs without the view_job_payload permission.",
+    )
+    error = serializers.CharField(
+        read_only=True,
+        help_text="Staff see the traceback; everyone else the exception's type and message.",
+    )
     duration_seconds = serializers.FloatField(read_only=True)
 
     class Meta:
@@ -69,12 +85,33 @@ class JobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+def viewer_of(context: dict) -> visibility.Viewer:
+    """The user a serializer shows a job to: its request's; None (a stranger) without one."""
+    request = context.get("request")
+    return getattr(request, "user", None)
+
+
+class JobSerializer(JobFieldsSerializer):
+    """A job as the context's `request` user may see it (jobs.visibility)."""
+
+    def to_representation(self, job: Job) -> dict:
+        data = super().to_representation(job)
+        return visibility.shown_to(viewer_of(self.context), job.owner_id, data)
+
+
 class JobDetailSerializer(JobSerializer):
     events = JobEventSerializer(many=True, read_only=True)
 
     class Meta(JobSerializer.Meta):
         fields = [*JobSerializer.Meta.fields, "events"]
         read_only_fields = fields
+
+    def to_representation(self, job: Job) -> dict:
+        data = super().to_representation(job)
+        if not visibility.sees_tracebacks(viewer_of(self.context)):
+            for event in data["events"]:
+                event["message"] = visibility.one_line_error(event["message"])
+        return data
 
 
 class JobStatusSerializer(serializers.Serializer):
@@ -90,13 +127,13 @@ STATUS_FIELDS = list(JobStatusSerializer._declared_fields)
 # One instance of each response serializer, its fields built once: building them for
 # every response cost more than the rest of the view (a ModelSerializer reads the model
 # to make each field). Representing an object keeps no state on the serializer.
-_job_representation = JobSerializer()
+_job_representation = JobFieldsSerializer()
 _status_representation = JobStatusSerializer()
 
 
-def job_data(job: Job) -> dict:
-    """A job as `JobSerializer` shows it."""
-    return _job_representation.to_representation(job)
+def job_data(job: Job, viewer: visibility.Viewer) -> dict:
+    """A job as `JobSerializer` shows it to `viewer`."""
+    return visibility.shown_to(viewer, job.owner_id, _job_representation.to_representation(job))
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -239,7 +276,8 @@ class JobViewSet(viewsets.GenericViewSet):
     def list(self, request: Request) -> Response:
         jobs = self._filtered(self.get_queryset(), request.query_params)
         page = self.paginate_queryset(jobs)
-        return self.get_paginated_response(JobSerializer(page, many=True).data)
+        data = JobSerializer(page, many=True, context={"request": request}).data
+        return self.get_paginated_response(data)
 
     @staticmethod
     def _filtered(jobs, params):
@@ -292,7 +330,7 @@ class JobViewSet(viewsets.GenericViewSet):
         except IdempotencyConflict as exc:
             return _conflict(exc, "idempotency_conflict", exc.job)
         code = status.HTTP_202_ACCEPTED if outcome.created else status.HTTP_200_OK
-        return Response(job_data(outcome.job), status=code)
+        return Response(job_data(outcome.job, request.user), status=code)
 
     @extend_schema(
         request=BulkCreateSerializer,
@@ -337,7 +375,7 @@ class JobViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request: Request, pk: str) -> Response:
         job = self.get_object()
-        return Response(JobDetailSerializer(job).data)
+        return Response(JobDetailSerializer(job, context={"request": request}).data)
 
     @extend_schema(responses={200: JobStatusSerializer, 304: None})
     @action(detail=True, methods=["get"])
@@ -355,11 +393,13 @@ class JobViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         job = self.get_object()
+        if not visibility.may_act_on(request.user, job.owner_id, visibility.CANCEL_PERMISSION):
+            raise exceptions.PermissionDenied("Cancelling another user's job needs a permission.")
         try:
             job = services.cancel(job)
         except InvalidTransition as exc:
             return _conflict(exc, "not_cancellable", exc.job)
-        return Response(job_data(job))
+        return Response(job_data(job, request.user))
 
     @extend_schema(request=None, responses={200: JobSerializer})
     def destroy(self, request: Request, pk: str) -> Response:
@@ -369,6 +409,8 @@ class JobViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         job = self.get_object()
+        if not visibility.may_act_on(request.user, job.owner_id, visibility.RETRY_PERMISSION):
+            raise exceptions.PermissionDenied("Retrying another user's job needs a permission.")
         if job.status in RETRYABLE_STATUSES:  # a retried job is active again
             try:
                 services.check_room_for(request.user, [services.JobSpec(job.type)])
@@ -378,7 +420,7 @@ class JobViewSet(viewsets.GenericViewSet):
             job = services.retry(job)
         except InvalidTransition as exc:
             return _conflict(exc, "not_retryable", exc.job)
-        return Response(job_data(job), status=status.HTTP_202_ACCEPTED)
+        return Response(job_data(job, request.user), status=status.HTTP_202_ACCEPTED)
 
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:

@@ -1,5 +1,6 @@
-"""/dashboard/ for staff: totals, types, recent and failed jobs, one-click and bulk retry.
-The page refreshes its figures from /dashboard/data/ every few seconds."""
+"""/dashboard/ for staff: totals, types, recent and failed jobs, one-click and bulk retry
+(for staff with the retry_job permission, as the admin's retry action). The page
+refreshes its figures from /dashboard/data/ every few seconds. It shows no payloads."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def staff_required(view):
     def check(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not request.user.is_staff:
             raise PermissionDenied("Staff only")
+        return view(request, *args, **kwargs)
+
+    check.__name__ = view.__name__
+    check.__doc__ = view.__doc__
+    return check
+
+
+RETRY_PERMISSION = "jobs.retry_job"
+
+
+def retry_permission_required(view):
+    def check(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.has_perm(RETRY_PERMISSION):
+            raise PermissionDenied("Retrying jobs needs the retry_job permission")
         return view(request, *args, **kwargs)
 
     check.__name__ = view.__name__
@@ -78,7 +93,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "jobs/dashboard.html",
-        {"data": snapshot(), "statuses": Status.choices, "flower_url": settings.FLOWER_URL},
+        {
+            "data": snapshot(),
+            "statuses": Status.choices,
+            "flower_url": settings.FLOWER_URL,
+            "can_retry": request.user.has_perm(RETRY_PERMISSION),
+        },
     )
 
 
@@ -89,6 +109,7 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
 
 
 @staff_required
+@retry_permission_required
 @require_POST
 def retry_job(request: HttpRequest, job_id) -> HttpResponse:
     job = get_object_or_404(Job, id=job_id)
@@ -101,6 +122,7 @@ def retry_job(request: HttpRequest, job_id) -> HttpResponse:
 
 
 @staff_required
+@retry_permission_required
 @require_POST
 def retry_failed(request: HttpRequest) -> HttpResponse:
     """Retry the selected failed jobs, or every failed job when none is selected."""

@@ -3,20 +3,19 @@ so every web process reports the same numbers whatever process did the work."""
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from jobsite.celery_app import app as celery_app
+from jobsite.operators import bearer_token, is_operator
 
 from .models import EventKind, Job, JobEvent
 
@@ -105,27 +104,30 @@ def job_durations() -> HistogramMetricFamily:
     return family
 
 
-def allowed(request: HttpRequest) -> bool:
-    """With METRICS_TOKEN set, a matching bearer token; without it, staff or loopback."""
-    token = settings.METRICS_TOKEN
-    if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), token.encode())
-    if request.user.is_authenticated and request.user.is_staff:
-        return True
-    try:
-        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
-    except ValueError:
-        return False
+def refusal(request: HttpRequest) -> JsonResponse | None:
+    """None when the request may read the metrics; else 401 without credentials, 403
+    with the wrong ones. Settings are read per request, so a change takes effect at once."""
+    if is_operator(request, settings.METRICS_TOKEN):
+        return None
+    if bearer_token(request) or request.user.is_authenticated:
+        return JsonResponse(
+            {"detail": "These credentials may not read the metrics.", "code": "forbidden"},
+            status=403,
+        )
+    response = JsonResponse(
+        {
+            "detail": "Metrics need the METRICS_TOKEN bearer token or a staff session.",
+            "code": "not_authenticated",
+        },
+        status=401,
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    if not allowed(request):
-        return HttpResponse(
-            '{"detail": "Metrics need the METRICS_TOKEN bearer token.", "code": "forbidden"}',
-            status=403,
-            content_type="application/json",
-        )
+    if refused := refusal(request):
+        return refused
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

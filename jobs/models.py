@@ -76,6 +76,13 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Beyond the staff flag and view_job: what operators may read and do to jobs
+        # that are not theirs (jobs.visibility, the admin's actions).
+        permissions = [
+            ("view_job_payload", "Can see other users' job payloads and results"),
+            ("retry_job", "Can retry failed or cancelled jobs"),
+            ("cancel_job", "Can cancel jobs"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],

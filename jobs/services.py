@@ -29,6 +29,7 @@ from .models import (
     Priority,
     Status,
 )
+from .visibility import one_line_error
 
 log = logging.getLogger(__name__)
 
@@ -614,7 +615,9 @@ class Digest:
         lines += [f"  {status}: {n}" for status, n in sorted(self.counts.items())]
         if self.failures:
             lines += ["", "Failed:"]
-            lines += [f"  {j.type} {j.id}: {j.error or j.message}" for j in self.failures]
+            lines += [
+                f"  {j.type} {j.id}: {one_line_error(j.error) or j.message}" for j in self.failures
+            ]
         return "\n".join(lines) + "\n"
 
 

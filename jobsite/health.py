@@ -1,6 +1,9 @@
-"""`/health/`: can this deployment run jobs? 200 when every check passes, else 503 with
-the failing checks named. Queues with no live worker are reported, not failed: a
-deployment may run some queues elsewhere or on demand."""
+"""`/health/`: can this deployment run jobs? 200 when every check passes, else 503.
+
+Anyone gets the status alone, enough for a load balancer or an uptime probe. Staff
+sessions and the HEALTH_TOKEN bearer token also get the details: the failing checks
+and their errors, the live workers and their queues, the process. Queues with no live
+worker are reported, not failed: a deployment may run some queues elsewhere or on demand."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from .celery_app import app as celery_app
+from .operators import is_operator
 
 STARTED = time.monotonic()
 
@@ -77,12 +81,13 @@ def run_checks() -> dict[str, dict[str, Any]]:
 def health(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
     healthy = all(c["ok"] for c in checks.values())
-    body = {
-        "status": "ok" if healthy else "unavailable",
-        "failing": [name for name, c in checks.items() if not c["ok"]],
-        "uptime_seconds": round(time.monotonic() - STARTED, 1),
-        "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "pid": os.getpid(),
-        "checks": checks,
-    }
+    body = {"status": "ok" if healthy else "unavailable"}
+    if is_operator(request, settings.HEALTH_TOKEN):
+        body |= {
+            "failing": [name for name, c in checks.items() if not c["ok"]],
+            "uptime_seconds": round(time.monotonic() - STARTED, 1),
+            "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "pid": os.getpid(),
+            "checks": checks,
+        }
     return JsonResponse(body, status=200 if healthy else 503)

@@ -2,7 +2,9 @@
 
 Migrates, makes sure an admin user exists, starts the embedded Redis when REDIS_URL is
 not set and nothing answers on 127.0.0.1:6379, then runs the Procfile (web, a worker per
-queue group, beat, flower) with honcho until Ctrl-C.
+queue group, beat, flower) with honcho until Ctrl-C. The embedded Redis asks for a
+password, generated once and kept in `password` in its data directory (mode 0600); the
+processes get it in REDIS_URL, through their environment.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from jobsite.embedded_redis import EmbeddedRedis, answers
+from jobsite.embedded_redis import EmbeddedRedis, answers, kept_password
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -28,16 +31,7 @@ def main() -> int:
 
     redis = None
     if not env.get("REDIS_URL"):
-        port = int(env.get("REDIS_PORT", "6379"))
-        local = f"redis://127.0.0.1:{port}/0"
-        if answers(local):
-            env["REDIS_URL"] = local
-        else:
-            data_dir = Path(env.get("REDIS_DATA_DIR", BASE_DIR / "var" / "redis"))
-            redis = EmbeddedRedis(data_dir=data_dir, port=port, persist=True)
-            redis.start()
-            env["REDIS_URL"] = redis.url
-            print(f"Started the embedded Redis on {redis.url} (data in {data_dir})", flush=True)
+        redis = start_redis(env)
 
     try:
         manage(env, "migrate", "--noinput")
@@ -52,6 +46,25 @@ def main() -> int:
     finally:
         if redis:
             redis.stop()
+
+
+def start_redis(env: dict[str, str]) -> EmbeddedRedis | None:
+    """Point REDIS_URL at a Redis on REDIS_PORT: one already answering there (the
+    embedded one left running by an earlier run, or a system Redis without a password),
+    else the embedded Redis, started now and returned for stopping at the end."""
+    port = int(env.get("REDIS_PORT", "6379"))
+    data_dir = Path(env.get("REDIS_DATA_DIR", BASE_DIR / "var" / "redis"))
+    redis = EmbeddedRedis(
+        data_dir=data_dir, port=port, persist=True, password=kept_password(data_dir / "password")
+    )
+    for running in (redis.url, f"redis://127.0.0.1:{port}/0"):
+        if answers(running):
+            env["REDIS_URL"] = running
+            return None
+    redis.start()
+    env["REDIS_URL"] = redis.url
+    print(f"Started the embedded Redis on {redis.shown_url} (data in {data_dir})", flush=True)
+    return redis
 
 
 def manage(env: dict[str, str], *args: str) -> None:
@@ -69,10 +82,18 @@ def print_urls(env: dict[str, str]) -> None:
         f"  Dashboard  {web}/dashboard/\n"
         f"  Health     {web}/health/\n"
         f"  Flower     {flower}/\n"
-        f"  Broker     {env['REDIS_URL']}\n"
+        f"  Broker     {shown_url(env['REDIS_URL'])}\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )
+
+
+def shown_url(url: str) -> str:
+    """A URL with its password, if any, masked."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
 
 
 def run_procfile(env: dict[str, str]) -> int:

@@ -307,8 +307,10 @@ WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=10.0)
 WORKER_HEARTBEAT_TIMEOUT = env.float("WORKER_HEARTBEAT_TIMEOUT", default=30.0)
 # Linked from the staff dashboard.
 FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")
-# /metrics: with a token, only that bearer token; without, staff sessions and loopback.
+# /metrics: this bearer token or a staff session; nothing else (no trust of loopback).
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# /health/'s details (checks, workers, process): this bearer token or a staff session.
+HEALTH_TOKEN = env("HEALTH_TOKEN", default=METRICS_TOKEN)
 METRICS_DURATION_WINDOW = env.int("METRICS_DURATION_WINDOW", default=3600)
 # On SIGTERM a worker finishes its jobs; those still running after this many seconds
 # go back to the queue for another worker. Keep it below the supervisor's kill timeout.

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from jobs import services as jobs_services
-from jobs.api import JobSerializer
+from jobs.api import JobSerializer, job_data
 
 from . import services
 from .models import Image, Page, Task
@@ -84,7 +84,8 @@ class PageViewSet(OwnedMixin, viewsets.ModelViewSet):
         data = incoming.validated_data
         job = services.accept_save(page, data.get("content", page.content), data.get("title"))
         return Response(
-            {"page_id": page.id, "job": JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED
+            {"page_id": page.id, "job": job_data(job, request.user)},
+            status=status.HTTP_202_ACCEPTED,
         )
 
     partial_update = update
@@ -167,7 +168,7 @@ class ImageViewSet(
         job = jobs_services.enqueue(
             "notes.image_cleanup", {"type": incoming.validated_data["type"]}, owner=request.user
         ).job
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        return Response(job_data(job, request.user), status=status.HTTP_202_ACCEPTED)
 
 
 def _bad(field: str, message: str) -> Response:

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from jobs.api import etag_for, if_none_match
 from jobs.errors import InvalidTransition
 from jobs.models import Status
+from jobs.visibility import one_line_error
 
 from . import services
 from .models import Report
@@ -26,7 +27,9 @@ class ReportSerializer(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True)
     progress = serializers.IntegerField(source="job.progress", default=100, read_only=True)
     message = serializers.CharField(source="job.message", default="", read_only=True)
-    error = serializers.CharField(source="job.error", default="", read_only=True)
+    error = serializers.SerializerMethodField(
+        help_text="The failed job's exception: its type and message, on one line."
+    )
     job_id = serializers.UUIDField(read_only=True)
     started_at = serializers.DateTimeField(source="job.started_at", default=None, read_only=True)
     finished_at = serializers.DateTimeField(source="job.finished_at", default=None, read_only=True)
@@ -52,6 +55,9 @@ class ReportSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_error(self, report: Report) -> str:
+        return one_line_error(report.job.error) if report.job_id is not None else ""
 
     def get_download_url(self, report: Report) -> str | None:
         return f"/api/reports/{report.id}/download/" if report.is_ready else None

@@ -105,6 +105,18 @@ def test_redis_persists_and_data_lives_in_volumes():
     assert set(COMPOSE["volumes"]) >= {"pgdata", "redisdata", "media"}
 
 
+def test_flower_gets_its_login_from_the_environment_never_the_command_line():
+    assert "--basic-auth" not in procfile()["flower"]
+    assert "--conf=flowerconfig.py" in procfile()["flower"]
+    assert "FLOWER_BASIC_AUTH" in SERVICES["flower"]["environment"]
+    others = [name for name in SERVICES if name != "flower"]
+    assert not [n for n in others if "FLOWER_BASIC_AUTH" in SERVICES[n].get("environment", {})]
+
+
+def test_compose_publishes_flower_on_the_hosts_loopback_alone():
+    assert [p.split(":")[0] for p in SERVICES["flower"]["ports"]] == ["127.0.0.1"]
+
+
 def test_the_image_installs_from_the_lock_file_and_runs_as_a_normal_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install -r requirements.lock" in dockerfile

@@ -1,11 +1,14 @@
-"""Flower, as `make run` and compose start it: behind basic auth, persistent, showing the
-platform's task names."""
+"""Flower, as `make run` and compose start it (the Procfile's command): behind basic
+auth whose password comes from the environment and never shows in `ps`, persistent,
+showing the platform's task names."""
 
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -14,59 +17,91 @@ from tests.support import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.worker
 
-AUTH = ("ops", "flower-secret")
+AUTH = ("ops", "flower-secret-7f3a")
 
 
-@pytest.fixture
-def flower(tmp_path, database_url):
+def procfile_command(name: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} in the Procfile")
+
+
+def start_flower(tmp_path: Path, database_url: str, **env: str) -> tuple[subprocess.Popen, int]:
+    """The Procfile's flower command, run by a shell as honcho and compose run it."""
     port = free_port()
-    log_path = tmp_path / "flower.log"
-    with open(log_path, "wb") as log:
+    command = procfile_command("flower").replace("var/flower.db", str(tmp_path / "flower.db"))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DATABASE_URL": database_url,
+        "FLOWER_BIND": "127.0.0.1",
+        "FLOWER_PORT": str(port),
+        **env,
+    }
+    with open(tmp_path / "flower.log", "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "jobsite",
-                "flower",
-                "--address=127.0.0.1",
-                f"--port={port}",
-                f"--basic-auth={AUTH[0]}:{AUTH[1]}",
-                "--persistent=True",
-                f"--db={tmp_path / 'flower.db'}",
-            ],  # fmt: skip
+            ["sh", "-c", command],
             cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return process, port
+
+
+@pytest.fixture
+def flower(tmp_path, database_url):
+    process, port = start_flower(tmp_path, database_url, FLOWER_BASIC_AUTH=":".join(AUTH))
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
         try:
             return requests.get(url, timeout=2).status_code == 401
         except requests.ConnectionError:
+            assert process.poll() is None, (tmp_path / "flower.log").read_text()
             return False
 
     wait_for(answers, timeout=30, what="flower to answer")
-    yield url
+    yield process, url
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=20)
 
 
 def test_flower_asks_for_the_password(flower):
-    assert requests.get(flower, timeout=5).status_code == 401
-    assert requests.get(flower, auth=("ops", "wrong"), timeout=5).status_code == 401
-    assert requests.get(flower, auth=AUTH, timeout=5).status_code == 200
+    _, url = flower
+
+    assert requests.get(url, timeout=5).status_code == 401
+    assert requests.get(url, auth=("ops", "wrong"), timeout=5).status_code == 401
+    assert requests.get(f"{url}/api/workers", timeout=5).status_code == 401
+    assert requests.get(url, auth=AUTH, timeout=5).status_code == 200
+
+
+def test_the_password_is_not_on_any_command_line(flower):
+    process, _ = flower
+    shell = psutil.Process(process.pid)
+    processes = [shell, *shell.children(recursive=True)]
+
+    command_lines = [" ".join(p.cmdline()) for p in processes]
+
+    assert any("flower" in line for line in command_lines)
+    assert not any(AUTH[1] in line for line in command_lines), command_lines
+
+
+def test_flower_does_not_start_without_a_login(tmp_path, database_url):
+    process, _ = start_flower(tmp_path, database_url, FLOWER_BASIC_AUTH="")
+
+    assert process.wait(timeout=60) != 0
+    assert "FLOWER_BASIC_AUTH" in (tmp_path / "flower.log").read_text()
 
 
 def test_flower_shows_jobs_under_their_type_names(flower, worker):
+    _, url = flower
     job = services.enqueue("system.noop").job
 
     def listed_task() -> dict | None:
-        tasks = requests.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).json()
+        tasks = requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5).json()
         return next(
             (
                 t

@@ -1,5 +1,9 @@
-"""/health/: database, broker, cache and worker liveness from the workers' own heartbeats."""
+"""/health/: database, broker, cache and worker liveness from the workers' own heartbeats.
+Anyone gets the status; staff sessions and the HEALTH_TOKEN bearer token the details."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -7,13 +11,22 @@ import requests
 from django.utils import timezone
 
 from jobs.models import WorkerHeartbeat
-from tests.support import wait_for
+from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.worker
 
+TOKEN = "health-probe"
+PUBLIC_FIELDS = {"status"}
 
-def health(live_server) -> requests.Response:
-    return requests.get(f"{live_server.url}/health/", timeout=10)
+
+@pytest.fixture(autouse=True)
+def health_token(settings):
+    settings.HEALTH_TOKEN = TOKEN
+
+
+def health(live_server, token: str | None = TOKEN, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{live_server.url}/health/", headers=headers, timeout=10, **kwargs)
 
 
 def test_healthy_with_a_live_worker(live_server, worker):
@@ -71,3 +84,60 @@ def test_503_naming_the_broker_when_it_is_down(live_server, transactional_db, pr
     assert response.status_code == 503
     assert "broker" in response.json()["failing"]
     assert response.json()["checks"]["database"]["ok"] is True
+
+
+def test_anonymous_callers_get_the_status_alone(live_server, start_worker, settings):
+    settings.DEBUG = False
+    start_worker()
+    wait_for(lambda: health(live_server).status_code == 200, timeout=30, what="healthy")
+
+    response = health(live_server, token=None)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_anonymous_callers_learn_nothing_of_a_failure_but_the_503(
+    live_server, transactional_db, private_broker, settings
+):
+    settings.DEBUG = False
+    private_broker.stop()
+
+    response = health(live_server, token=None)
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable"}
+    assert "Error" not in response.text and "127.0.0.1" not in response.text
+
+
+def test_a_wrong_token_or_a_user_session_gets_the_status_alone(
+    live_server, transactional_db, client, user
+):
+    assert set(health(live_server, token="wrong").json()) == PUBLIC_FIELDS
+    client.force_login(user)
+    cookies = {"sessionid": client.cookies["sessionid"].value}
+    assert set(health(live_server, token=None, cookies=cookies).json()) == PUBLIC_FIELDS
+
+
+def test_a_staff_session_gets_the_details(live_server, transactional_db, client, staff_user):
+    client.force_login(staff_user)
+    cookies = {"sessionid": client.cookies["sessionid"].value}
+
+    body = health(live_server, token=None, cookies=cookies).json()
+
+    assert {"failing", "checks", "pid", "uptime_seconds"} <= set(body)
+
+
+def test_the_health_token_defaults_to_the_metrics_token(monkeypatch):
+    monkeypatch.setenv("METRICS_TOKEN", "shared")
+    monkeypatch.delenv("HEALTH_TOKEN", raising=False)
+    code = "from django.conf import settings; print(settings.HEALTH_TOKEN)"
+    shown = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "jobsite.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == "shared"

@@ -1,8 +1,10 @@
-"""/metrics: jobs by type and status, failures, queue depth and run times, for Prometheus."""
+"""/metrics: jobs by type and status, failures, queue depth and run times, for Prometheus;
+readable with the METRICS_TOKEN bearer token or a staff session, by nobody else."""
 
 from datetime import timedelta
 
 import pytest
+import requests
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,9 +14,16 @@ from jobs.models import Job, JobEvent, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+TOKEN = "scrape-me"
 
-def scrape(client: Client, **extra) -> dict[tuple[str, tuple], float]:
-    response = client.get("/metrics", **extra)
+
+@pytest.fixture(autouse=True)
+def metrics_token(settings):
+    settings.METRICS_TOKEN = TOKEN
+
+
+def scrape(client: Client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert response.status_code == 200, response.content
     samples = {}
     for family in text_string_to_metric_families(response.content.decode()):
@@ -81,17 +90,54 @@ def test_queue_depth_counts_messages_waiting_in_the_broker(client):
     assert depth("emails") == before + 4
 
 
-def test_metrics_are_closed_to_strangers(client, user, staff_user):
-    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
+def metrics(live_server, session: requests.Session | None = None, **headers) -> requests.Response:
+    return (session or requests).get(f"{live_server.url}/metrics", headers=headers, timeout=10)
+
+
+def signed_in(client: Client, user) -> requests.Session:
+    """A real HTTP session carrying `user`'s Django session cookie."""
     client.force_login(user)
-    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
-    client.force_login(staff_user)
-    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
+    session = requests.Session()
+    session.cookies.set("sessionid", client.cookies["sessionid"].value)
+    return session
 
 
-def test_with_a_token_only_the_token_opens_them(client, settings):
-    settings.METRICS_TOKEN = "scrape-me"
+@pytest.mark.parametrize("token", [TOKEN, ""])
+@pytest.mark.parametrize("debug", [False, True])
+def test_anonymous_scrapes_are_refused_even_from_loopback(live_server, settings, debug, token):
+    settings.DEBUG, settings.METRICS_TOKEN = debug, token
 
-    assert client.get("/metrics").status_code == 403
-    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
-    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
+    response = metrics(live_server)  # from 127.0.0.1, like a proxy on the same host
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.json()["code"] == "not_authenticated"
+    assert "jobsite_jobs" not in response.text
+
+
+def test_a_wrong_token_or_a_missing_one_is_refused(live_server, settings):
+    settings.DEBUG = False
+
+    assert metrics(live_server, Authorization="Bearer wrong").status_code == 403
+    assert metrics(live_server, Authorization=f"Basic {TOKEN}").status_code == 401
+    settings.METRICS_TOKEN = ""
+    assert metrics(live_server, Authorization="Bearer ").status_code == 401
+
+
+def test_the_token_opens_them(live_server, settings):
+    settings.DEBUG = False
+
+    response = metrics(live_server, Authorization=f"Bearer {TOKEN}")
+
+    assert response.status_code == 200
+    assert "jobsite_queue_depth" in response.text
+
+
+def test_a_staff_session_opens_them_and_a_user_session_does_not(
+    live_server, settings, client, user, staff_user
+):
+    settings.DEBUG = False
+    settings.METRICS_TOKEN = ""
+
+    assert metrics(live_server, signed_in(client, user)).status_code == 403
+    assert metrics(live_server, signed_in(Client(), staff_user)).status_code == 200

@@ -1,12 +1,16 @@
 """`make run` (python -m jobsite.run): the whole stack from nothing, a job end to end,
-and Ctrl-C stopping every process."""
+and Ctrl-C stopping every process. The embedded Redis asks for a password, kept in its
+data directory and shown on no command line."""
 
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 
+import psutil
 import pytest
 import redis
 import requests
@@ -81,13 +85,38 @@ def test_run_starts_redis_web_worker_beat_and_flower_and_stops_on_ctrl_c(tmp_pat
         assert (tmp_path / "redis" / "appendonly.aof").exists() or any(
             (tmp_path / "redis").glob("appendonly*")
         )
-        assert redis.Redis(port=redis_port).ping()
+        password_file = tmp_path / "redis" / "password"
+        password = password_file.read_text().strip()
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600 and len(password) >= 32
+        assert unauthenticated_reply(redis_port, b"PING").startswith(b"-NOAUTH")
+        assert redis.Redis(port=redis_port, password=password).ping()
+        command_lines = stack_command_lines(stack.pid)
+        assert any("redis-server" in line for line in command_lines)
+        assert not [line for line in command_lines if password in line]
     finally:
         os.killpg(stack.pid, signal.SIGINT)
         stack.wait(timeout=60)
     output = log_path.read_text()
     assert "Flower" in output and f":{web}/api/" in output
-    assert not answers(f"redis://127.0.0.1:{redis_port}/0")
+    assert password not in output
+    assert not answers(f"redis://:{password}@127.0.0.1:{redis_port}/0")
+
+
+def unauthenticated_reply(port: int, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(command + b"\r\n")
+        return connection.recv(1024)
+
+
+def stack_command_lines(pid: int) -> list[str]:
+    root = psutil.Process(pid)
+    lines = []
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            lines.append(" ".join(process.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    return lines
 
 
 def _status(url: str) -> int:

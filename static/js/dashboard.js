@@ -6,6 +6,7 @@
   const REFRESH_MS = 5000;
   const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
   const form = document.getElementById("failed-form");
+  const canRetry = form.dataset.canRetry === "true"; // the retry_job permission
 
   function cell(text, className) {
     const td = document.createElement("td");
@@ -39,6 +40,10 @@
 
   function failedRow(job, checked) {
     const tr = document.createElement("tr");
+    if (!canRetry) {
+      tr.append(jobLink(job), cell(job.type), cell(job.owner), cell(job.error, "error-text"));
+      return tr;
+    }
     const select = document.createElement("td");
     const box = document.createElement("input");
     Object.assign(box, { type: "checkbox", name: "job", value: job.id, checked: checked.has(job.id) });
@@ -60,7 +65,7 @@
     document.querySelector("[data-throughput=finished_last_minute]").textContent = data.throughput.finished_last_minute;
     document.querySelector("[data-failed-total]").textContent = data.failed_total;
     const checked = new Set(Array.from(form.querySelectorAll("input[name=job]:checked")).map((b) => b.value));
-    fill(document.getElementById("failed-rows"), data.failed, (job) => failedRow(job, checked), "No failed jobs.", 6);
+    fill(document.getElementById("failed-rows"), data.failed, (job) => failedRow(job, checked), "No failed jobs.", canRetry ? 6 : 4);
     fill(document.getElementById("type-rows"), data.by_type, (row) => {
       const tr = document.createElement("tr");
       tr.append(cell(row.type), ...STATUSES.map((s) => cell(String(row[s]), "num")));

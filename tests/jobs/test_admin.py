@@ -1,7 +1,11 @@
 """The Django admin for operators: jobs with filters, search, timeline and actions; events,
-schedules and task results alongside."""
+schedules and task results alongside. Model permissions decide who sees and does what:
+view_job to list jobs, retry_job and cancel_job for the actions, view_job_payload for
+other users' payloads and results."""
 
 import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
 
 from jobs import services
 from jobs.models import Job, Status
@@ -77,3 +81,80 @@ def test_retry_and_cancel_actions_change_the_selected_jobs(admin_client, jobs):
 )
 def test_operators_find_events_schedules_results_and_app_data(admin_client, jobs, path):
     assert admin_client.get(path).status_code == 200
+
+
+def staff_client(staff_user, *codenames: str) -> Client:
+    """A signed-in staff member holding exactly these permissions of the jobs app."""
+    staff_user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="jobs", codename__in=codenames)
+    )
+    client = Client()
+    client.force_login(staff_user)
+    return client
+
+
+def offered_actions(client: Client) -> set[str]:
+    response = client.get("/admin/jobs/job/")
+    assert response.status_code == 200
+    form = response.context["action_form"]  # None when no action is offered
+    return {name for name, _ in form.fields["action"].choices} if form else set()
+
+
+def run_action(client: Client, action: str, job: Job) -> Status:
+    client.post("/admin/jobs/job/", {"action": action, "_selected_action": [str(job.id)]})
+    return Job.objects.get(id=job.id).status
+
+
+def test_staff_without_model_permissions_get_403_on_the_job_admin(staff_user, jobs):
+    client = staff_client(staff_user)
+
+    assert client.get("/admin/jobs/job/").status_code == 403
+    assert client.get(f"/admin/jobs/job/{jobs['mail'].id}/change/").status_code == 403
+    assert client.get("/admin/jobs/jobevent/").status_code == 403
+
+
+def test_viewing_jobs_does_not_offer_or_run_retry_and_cancel(staff_user, jobs):
+    client = staff_client(staff_user, "view_job")
+
+    assert not {"retry_jobs", "cancel_jobs"} & offered_actions(client)
+    assert run_action(client, "retry_jobs", jobs["mail"]) == Status.FAILED
+    assert run_action(client, "cancel_jobs", jobs["noop"]) == Status.QUEUED
+
+
+def test_the_retry_permission_offers_and_runs_retry_alone(staff_user, jobs):
+    client = staff_client(staff_user, "view_job", "retry_job")
+
+    assert {"retry_jobs"} <= offered_actions(client)
+    assert "cancel_jobs" not in offered_actions(client)
+    assert run_action(client, "cancel_jobs", jobs["noop"]) == Status.QUEUED
+    assert run_action(client, "retry_jobs", jobs["mail"]) == Status.QUEUED
+
+
+def test_the_cancel_permission_offers_and_runs_cancel(staff_user, jobs):
+    client = staff_client(staff_user, "view_job", "cancel_job")
+
+    assert "cancel_jobs" in offered_actions(client)
+    assert run_action(client, "cancel_jobs", jobs["noop"]) == Status.CANCELLED
+
+
+def change_page(client: Client, job: Job) -> str:
+    response = client.get(f"/admin/jobs/job/{job.id}/change/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_other_users_payloads_and_results_need_the_payload_permission(staff_user, jobs):
+    job = jobs["owned"]
+    Job.objects.filter(id=job.id).update(result={"answer": "result-of-alice"})
+
+    page = change_page(staff_client(staff_user, "view_job"), job)
+    assert "Payload" not in page and "result-of-alice" not in page
+
+    page = change_page(staff_client(staff_user, "view_job", "view_job_payload"), job)
+    assert "Payload" in page and "result-of-alice" in page
+
+
+def test_staff_see_the_payloads_of_their_own_jobs(staff_user):
+    job = services.enqueue("system.sleep", {"seconds": 7}, owner=staff_user).job
+
+    assert "Payload" in change_page(staff_client(staff_user, "view_job"), job)

@@ -1,8 +1,10 @@
-"""The staff dashboard: totals, types, recent and failed jobs, retry one or many."""
+"""The staff dashboard: totals, types, recent and failed jobs, retry one or many (with
+the retry_job permission)."""
 
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
@@ -15,6 +17,16 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(staff_user) -> Client:
+    """A staff member who may retry jobs."""
+    staff_user.user_permissions.add(Permission.objects.get(codename="retry_job"))
+    client = Client()
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def onlooker(staff_user) -> Client:
+    """A staff member without the retry_job permission."""
     client = Client()
     client.force_login(staff_user)
     return client
@@ -135,4 +147,17 @@ def test_retrying_needs_the_csrf_token(staff_user):
 
     assert strict.post(f"/dashboard/jobs/{job.id}/retry/").status_code == 403
     assert strict.post("/dashboard/retry-failed/").status_code == 403
+    assert Job.objects.get(id=job.id).status == Status.FAILED
+
+
+def test_staff_without_the_retry_permission_see_the_failures_but_cannot_retry(onlooker):
+    job = failed_job(error="Disk full")
+
+    page = onlooker.get("/dashboard/").content.decode()
+    one = onlooker.post(f"/dashboard/jobs/{job.id}/retry/", HTTP_X_REQUESTED_WITH="fetch")
+    bulk = onlooker.post("/dashboard/retry-failed/", HTTP_X_REQUESTED_WITH="fetch")
+
+    assert "Disk full" in page and 'data-can-retry="false"' in page
+    assert "Retry selected" not in page and f"/dashboard/jobs/{job.id}/retry/" not in page
+    assert one.status_code == bulk.status_code == 403
     assert Job.objects.get(id=job.id).status == Status.FAILED

@@ -1,6 +1,7 @@
 """The dashboard in Chromium: it refreshes itself without reloading the page."""
 
 import pytest
+from django.contrib.auth.models import Permission
 
 from jobs import services
 from jobs.models import Job, Status
@@ -13,6 +14,7 @@ pytestmark = [
 
 
 def test_the_dashboard_updates_in_place_and_retries_with_one_click(page, staff_user):
+    staff_user.user_permissions.add(Permission.objects.get(codename="retry_job"))
     failed = services.enqueue("system.noop").job
     Job.objects.filter(id=failed.id).update(status=Status.FAILED, error="Disk full")
     page.goto("/dashboard/")
