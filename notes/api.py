@@ -151,7 +151,12 @@ class ImageViewSet(
                 "properties": {"file": {"type": "string", "format": "binary"}},
             }
         },
-        responses={202: ImageSerializer},
+        responses={
+            202: ImageSerializer,
+            400: OpenApiResponse(description="Not an image we accept, or too many pixels"),
+            411: OpenApiResponse(description="A body of unknown length (chunked)"),
+            413: OpenApiResponse(description="Larger than NOTES_IMAGE_MAX_BYTES"),
+        },
     )
     def create(self, request: Request) -> Response:
         uploads.refuse_body_of_unknown_length(request)

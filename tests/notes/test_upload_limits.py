@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
+from django.test import Client
 from PIL import Image as PILImage
 
 from jobs.models import Job
@@ -118,6 +119,31 @@ def test_a_file_over_the_limit_is_refused_while_it_streams_in(api, settings, not
     assert response.status_code == 413
     assert response.json()["code"] == "request_too_large"
     assert "100,000 bytes" in response.json()["detail"]
+
+
+def test_a_browser_signed_in_to_the_site_is_held_to_the_same_limit(
+    anonymous_api, user, settings, nothing_written
+):
+    # A session's CSRF check reads the form before the view runs: the limit is on by then.
+    settings.NOTES_IMAGE_MAX_BYTES = 100_000
+    browser = Client()
+    browser.force_login(user)
+    anonymous_api.session.cookies.set(
+        django_settings.SESSION_COOKIE_NAME,
+        browser.cookies[django_settings.SESSION_COOKIE_NAME].value,
+    )
+    anonymous_api.get("/accounts/login/")
+    token = anonymous_api.session.cookies[django_settings.CSRF_COOKIE_NAME]
+
+    response = anonymous_api.post(
+        "/api/notes/images/",
+        files={"file": ("big.png", png_bytes() + b"\0" * 120_000)},
+        json=None,
+        headers={"X-CSRFToken": token},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_too_large"
 
 
 def test_an_image_of_exactly_the_limit_is_accepted(api, settings):
