@@ -243,7 +243,8 @@ def mark_upload_failed(image_id: int, error: str) -> None:
 
 
 def delete_from_store(image: Image) -> None:
-    if image.backend == "cloudinary":
+    # An upload that failed may still have reached Cloudinary under the id chosen for it.
+    if image.backend == "cloudinary" or (not image.backend and image.public_id):
         cloudinary = _cloudinary()
         result = cloudinary.uploader.destroy(
             image.public_id, type=CLOUDINARY_TYPE, resource_type="image"
@@ -284,15 +285,16 @@ def image_content(image: Image) -> tuple[bytes, str]:
         with image.file.open("rb") as f:
             return f.read(), image.content_type
     url = signed_url(image, expires_in=60)
+    most = max(image.size, settings.NOTES_IMAGE_MAX_BYTES)
     try:
         with urllib.request.urlopen(url, timeout=CLOUDINARY_TIMEOUT) as response:
-            data = response.read(settings.NOTES_IMAGE_MAX_BYTES + 1)
+            data = response.read(most + 1)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise FileNotFoundError(f"Cloudinary has no image {image.public_id}") from exc
         raise
-    if len(data) > settings.NOTES_IMAGE_MAX_BYTES:
-        raise ValueError(f"Cloudinary sent more than {settings.NOTES_IMAGE_MAX_BYTES} bytes")
+    if len(data) > most:
+        raise ValueError(f"Cloudinary sent more than the {most} bytes expected")
     return data, image.content_type
 
 

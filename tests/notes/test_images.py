@@ -134,7 +134,7 @@ def test_an_upload_goes_to_cloudinary_through_its_sdk(
 
 
 def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
-    api, start_worker, httpserver, cloudinary_url
+    api, start_worker, httpserver, cloudinary_url, monkeypatch
 ):
     httpserver.expect_request(f"/v1_1/{CLOUD}/image/upload", method="POST").respond_with_response(
         Response(
@@ -158,6 +158,14 @@ def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
     retries = list(job.events.filter(kind="retry_scheduled").order_by("created_at"))
     assert len(retries) == 2
     assert "5" in retries[0].message and "10" in retries[1].message
+
+    # Deleting the failed image also deletes whatever of it may have reached Cloudinary.
+    httpserver.expect_request(f"/v1_1/{CLOUD}/image/destroy", method="POST").respond_with_json(
+        {"result": "not found"}
+    )
+    monkeypatch.setenv("CLOUDINARY_URL", cloudinary_url)
+    assert api.delete(f"/api/notes/images/{created['id']}/").status_code == 204
+    assert form_of(httpserver.log[-1][0])["public_id"] == public_ids.pop()
 
 
 @pytest.mark.parametrize(
