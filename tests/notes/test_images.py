@@ -189,3 +189,13 @@ def test_an_upload_without_a_file_is_refused(api):
 
     assert response.status_code == 400
     assert "file" in response.json()["errors"]
+
+
+def test_a_page_showing_an_image_by_its_url_keeps_it_linked(api, user):
+    image = upload(api, image_bytes()).json()
+
+    page = api.post(
+        "/api/notes/pages/", {"title": "Pets", "content": f"![cat]({image['url']})"}
+    ).json()
+
+    assert page["image_ids"] == [image["id"]]
