@@ -179,7 +179,9 @@ MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 # else Django storage under MEDIA_ROOT.
 CLOUDINARY_URL = env("CLOUDINARY_URL", default="")
 CLOUDINARY_FOLDER = env("CLOUDINARY_FOLDER", default="jobsite")
+# Upload limits: bytes (413 while the body streams in) and pixels (read from the header).
 NOTES_IMAGE_MAX_BYTES = env.int("NOTES_IMAGE_MAX_BYTES", default=5 * 1024 * 1024)
+NOTES_IMAGE_MAX_PIXELS = env.int("NOTES_IMAGE_MAX_PIXELS", default=40_000_000)
 NOTES_CLEANUP_BATCH = env.int("NOTES_CLEANUP_BATCH", default=50)
 NOTES_CLEANUP_GRACE_HOURS = env.float("NOTES_CLEANUP_GRACE_HOURS", default=24.0)
 # Links in e-mails (a report's download link) start with this.

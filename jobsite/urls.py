@@ -1,5 +1,3 @@
-from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -33,10 +31,3 @@ urlpatterns = [
     path("dashboard/jobs/<uuid:job_id>/retry/", dashboard.retry_job, name="dashboard-retry"),
     path("", include("reports.urls")),
 ]
-
-if settings.DEBUG and not settings.CLOUDINARY_URL:
-    # Development only: notes images kept in local storage are shown from here. Report
-    # PDFs are never served this way; they go through their owner-checked download.
-    urlpatterns += static(
-        f"{settings.MEDIA_URL}notes/images/", document_root=settings.MEDIA_ROOT / "notes" / "images"
-    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from django.http import FileResponse, Http404, HttpRequest, HttpResponseRedirect
+from django.http.response import HttpResponseBase
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
@@ -14,7 +16,7 @@ from rest_framework.response import Response
 from jobs import services as jobs_services
 from jobs.api import JobSerializer, job_data
 
-from . import services
+from . import services, uploads
 from .models import Image, Page, Task
 
 
@@ -119,6 +121,12 @@ class CleanupSerializer(serializers.Serializer):
     type = serializers.ChoiceField(choices=services.CLEANUP_KINDS, default="comprehensive")
 
 
+IMAGE_CONTENT = {
+    (200, content_type): OpenApiResponse(OpenApiTypes.BINARY, description="The image")
+    for content_type in services.ALLOWED_FORMATS.values()
+}
+
+
 @extend_schema(tags=["notes"])
 class ImageViewSet(
     OwnedMixin,
@@ -131,6 +139,12 @@ class ImageViewSet(
     serializer_class = ImageSerializer
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
+    def initialize_request(self, request: HttpRequest, *args, **kwargs) -> Request:
+        drf_request = super().initialize_request(request, *args, **kwargs)
+        if self.action == "create":
+            uploads.limit_image_upload(request)
+        return drf_request
+
     @extend_schema(
         request={
             "multipart/form-data": {
@@ -138,17 +152,18 @@ class ImageViewSet(
                 "properties": {"file": {"type": "string", "format": "binary"}},
             }
         },
-        responses={202: ImageSerializer},
+        responses={
+            202: ImageSerializer,
+            400: OpenApiResponse(description="Not an image we accept, or too many pixels"),
+            411: OpenApiResponse(description="A body of unknown length (chunked)"),
+            413: OpenApiResponse(description="Larger than NOTES_IMAGE_MAX_BYTES"),
+        },
     )
     def create(self, request: Request) -> Response:
+        uploads.refuse_body_of_unknown_length(request)
         upload = request.FILES.get("file")
         if upload is None:
             return _bad("file", "Send the image as the multipart field 'file'.")
-        if upload.size > settings.NOTES_IMAGE_MAX_BYTES:
-            return _bad(
-                "file",
-                f"The image is {upload.size} bytes; the limit is {settings.NOTES_IMAGE_MAX_BYTES}.",
-            )
         try:
             image = services.accept_upload(request.user, upload.name, upload.read())
         except services.InvalidUpload as exc:
@@ -158,6 +173,30 @@ class ImageViewSet(
     def perform_destroy(self, image: Image) -> None:
         services.delete_from_store(image)
         image.delete()
+
+    @extend_schema(
+        responses={
+            **IMAGE_CONTENT,
+            302: OpenApiResponse(description="To a signed Cloudinary URL that expires"),
+        }
+    )
+    @action(detail=True, methods=["get"])
+    def content(self, request: Request, pk: str | None = None) -> HttpResponseBase:
+        """The owner's image itself, or a redirect to a short-lived signed URL for it."""
+        image = self.get_object()
+        if services.on_cloudinary(image):
+            response = HttpResponseRedirect(services.signed_url(image))
+            response["Cache-Control"] = "private, no-store"
+            return response
+        try:
+            response = FileResponse(image.file.open("rb"), content_type=image.content_type)
+        except (ValueError, FileNotFoundError) as exc:  # no file, or it is gone
+            raise Http404 from exc
+        response["Content-Disposition"] = "inline"
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        response["Cache-Control"] = "private"
+        return response
 
     @extend_schema(request=CleanupSerializer, responses={202: JobSerializer})
     @action(detail=False, methods=["post"], permission_classes=[permissions.IsAdminUser])

@@ -55,7 +55,8 @@ class Image(models.Model):
     file = models.FileField(upload_to="notes/images/%Y/%m/", blank=True)
     backend = models.CharField(max_length=16, blank=True)  # "cloudinary" or "storage"
     public_id = models.CharField(max_length=255, blank=True)
-    url = models.URLField(max_length=500, blank=True)
+    # The owner-only URL it is shown from (/api/notes/images/<id>/content/), never a public one.
+    url = models.CharField(max_length=500, blank=True)
     error = models.TextField(blank=True)
     orphaned_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

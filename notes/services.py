@@ -6,6 +6,11 @@ from __future__ import annotations
 import io
 import logging
 import re
+import secrets
+import time
+import urllib.error
+import urllib.request
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +22,7 @@ from django.core.files.storage import default_storage
 from django.core.mail import EmailMessage
 from django.db import transaction
 from django.db.models import F, Q
+from django.urls import reverse
 from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
@@ -96,6 +102,11 @@ def link_images(page: Page, content: str) -> None:
 
 # --- images -----------------------------------------------------------------------------
 
+# Cloudinary keeps the images as "authenticated" assets: nothing is delivered without a
+# signature, and the signed download URLs the owner is sent to expire.
+CLOUDINARY_TYPE = "authenticated"
+CLOUDINARY_TIMEOUT = 10
+
 
 @dataclass(frozen=True)
 class Sniffed:
@@ -105,11 +116,25 @@ class Sniffed:
 
 
 def sniff_image(data: bytes) -> Sniffed:
-    """What the bytes really are: refuse anything but PNG, JPEG, GIF and WebP."""
+    """What the bytes really are: refuse anything but PNG, JPEG, GIF and WebP, and images
+    with more pixels than the limit, judged from the header before any pixel is decoded."""
+    limit = settings.NOTES_IMAGE_MAX_PIXELS
+    too_many_pixels = f"the limit is {limit:,} pixels"
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            img.verify()
-            kind, (width, height) = img.format, img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as img:
+                kind, (width, height) = img.format, img.size
+                if width * height > limit:
+                    raise InvalidUpload(
+                        f"The image is {width}x{height}, {width * height:,} pixels;"
+                        f" {too_many_pixels}."
+                    )
+                img.verify()
+    except InvalidUpload:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise InvalidUpload(f"The image has too many pixels to open; {too_many_pixels}.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidUpload("The file is not an image we accept (PNG, JPEG, GIF, WebP).") from exc
     if kind not in ALLOWED_FORMATS:
@@ -134,6 +159,7 @@ def accept_upload(owner, name: str, data: bytes) -> Image:
             width=sniffed.width,
             height=sniffed.height,
         )
+        image.url = content_url(image)
         image.file.save(_stored_name(image), ContentFile(data), save=True)
         image.job = jobs_services.enqueue(
             "notes.upload_image", {"image_id": image.id}, owner=owner
@@ -142,9 +168,18 @@ def accept_upload(owner, name: str, data: bytes) -> Image:
     return image
 
 
+def content_url(image: Image) -> str:
+    """The owner-only URL the image is shown from (pages link it by this URL)."""
+    return reverse("image-content", args=[image.id])
+
+
 def _stored_name(image: Image) -> str:
-    extension = image.content_type.split("/")[1].replace("jpeg", "jpg")
-    return f"{image.id}.{extension}"
+    """A name nobody can guess: it says nothing of the owner or the image's id."""
+    return f"{secrets.token_urlsafe(24)}.{_extension(image)}"
+
+
+def _extension(image: Image) -> str:
+    return image.content_type.split("/")[1].replace("jpeg", "jpg")
 
 
 def cloudinary_configured() -> bool:
@@ -159,13 +194,14 @@ def store_image(ctx: JobContext, image_id: int) -> dict[str, Any]:
     if image.status == ImageStatus.STORED:
         return {"image_id": image.id, "url": image.url, "already": True}
     if cloudinary_configured():
+        if not image.public_id:
+            # Chosen once, so a retried upload overwrites rather than adds an asset.
+            image.public_id = f"{settings.CLOUDINARY_FOLDER}/{secrets.token_urlsafe(24)}"
+            image.save(update_fields=["public_id"])
         result = _upload_to_cloudinary(image)
         staged = image.file.name
-        image.backend, image.public_id, image.url = (
-            "cloudinary",
-            result["public_id"],
-            result["secure_url"],
-        )
+        image.backend, image.public_id = "cloudinary", result["public_id"]
+        image.url = content_url(image)
         image.width = result.get("width") or image.width
         image.height = result.get("height") or image.height
         image.file = ""
@@ -174,21 +210,28 @@ def store_image(ctx: JobContext, image_id: int) -> dict[str, Any]:
         default_storage.delete(staged)
     else:
         image.backend, image.public_id = "storage", image.file.name
-        image.url = image.file.url
+        image.url = content_url(image)
         image.status = ImageStatus.STORED
         image.save()
     return {"image_id": image.id, "url": image.url, "backend": image.backend}
 
 
-def _upload_to_cloudinary(image: Image) -> dict[str, Any]:
+def _cloudinary():
     import cloudinary
     import cloudinary.uploader
+    import cloudinary.utils
 
     cloudinary.reset_config()  # read CLOUDINARY_URL as it is now
+    return cloudinary
+
+
+def _upload_to_cloudinary(image: Image) -> dict[str, Any]:
+    cloudinary = _cloudinary()
     with image.file.open("rb") as f:
         return cloudinary.uploader.upload(
             f.read(),
-            public_id=f"{settings.CLOUDINARY_FOLDER}/{image.owner_id}/{image.id}",
+            public_id=image.public_id,
+            type=CLOUDINARY_TYPE,
             overwrite=True,
             resource_type="image",
         )
@@ -201,16 +244,59 @@ def mark_upload_failed(image_id: int, error: str) -> None:
 
 
 def delete_from_store(image: Image) -> None:
-    if image.backend == "cloudinary":
-        import cloudinary
-        import cloudinary.uploader
-
-        cloudinary.reset_config()
-        result = cloudinary.uploader.destroy(image.public_id, resource_type="image")
+    # An upload that failed may still have reached Cloudinary under the id chosen for it.
+    if image.backend == "cloudinary" or (not image.backend and image.public_id):
+        cloudinary = _cloudinary()
+        result = cloudinary.uploader.destroy(
+            image.public_id, type=CLOUDINARY_TYPE, resource_type="image"
+        )
         if result.get("result") not in ("ok", "not found"):
             raise RuntimeError(f"Cloudinary refused to delete {image.public_id}: {result}")
     if image.file:
         image.file.delete(save=False)
+
+
+def on_cloudinary(image: Image) -> bool:
+    """Whether the bytes live on Cloudinary only (no copy in storage)."""
+    return image.backend == "cloudinary" and not image.file
+
+
+def signed_url(image: Image, expires_in: int = 300) -> str:
+    """A URL a browser may use for a short while: for an image on Cloudinary a signed
+    download URL that expires after `expires_in` seconds; for one in storage the
+    owner-only content URL, which needs the owner's login."""
+    if not on_cloudinary(image):
+        return content_url(image)
+    cloudinary = _cloudinary()
+    return cloudinary.utils.private_download_url(
+        image.public_id,
+        _extension(image),
+        type=CLOUDINARY_TYPE,
+        resource_type="image",
+        expires_at=int(time.time()) + expires_in,
+    )
+
+
+def image_content(image: Image) -> tuple[bytes, str]:
+    """The image's bytes and content type, from storage or downloaded from Cloudinary.
+    Raises FileNotFoundError when the bytes are gone."""
+    if not on_cloudinary(image):
+        if not image.file:
+            raise FileNotFoundError(f"Image {image.id} has no stored file")
+        with image.file.open("rb") as f:
+            return f.read(), image.content_type
+    url = signed_url(image, expires_in=60)
+    most = max(image.size, settings.NOTES_IMAGE_MAX_BYTES)
+    try:
+        with urllib.request.urlopen(url, timeout=CLOUDINARY_TIMEOUT) as response:
+            data = response.read(most + 1)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise FileNotFoundError(f"Cloudinary has no image {image.public_id}") from exc
+        raise
+    if len(data) > most:
+        raise ValueError(f"Cloudinary sent more than the {most} bytes expected")
+    return data, image.content_type
 
 
 # --- clean-up ---------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Image uploads: checked by content, stored by a job on Cloudinary (through the real SDK
-against a local stand-in server) or in Django storage."""
+against a local stand-in server) or in Django storage, under names nobody can guess.
+Size and pixel limits: test_upload_limits.py; who may see an image: test_image_access.py."""
 
 import io
 import json
+import re
 from urllib.parse import parse_qs
 
 import pytest
@@ -41,7 +43,8 @@ def wait_until_settled(api, image_id: int, timeout: float = 60) -> dict:
 
 @pytest.fixture
 def cloudinary_url(httpserver) -> str:
-    return f"cloudinary://{API_KEY}:{API_SECRET}@{CLOUD}?upload_prefix={httpserver.url_for('')}"
+    prefix = httpserver.url_for("").rstrip("/")
+    return f"cloudinary://{API_KEY}:{API_SECRET}@{CLOUD}?upload_prefix={prefix}"
 
 
 def form_of(request) -> dict[str, str]:
@@ -73,7 +76,9 @@ def test_an_upload_is_stored_in_django_storage_without_cloudinary(api, user, wor
     assert image["content_type"] == "image/png"
     stored = Image.objects.get(id=created["id"])
     assert stored.file.read() == image_bytes("PNG", (40, 30))
-    assert image["url"].endswith(".png")
+    assert re.fullmatch(r"notes/images/\d{4}/\d{2}/[\w-]{32}\.png", stored.file.name)
+    assert image["url"] == f"/api/notes/images/{created['id']}/content/"
+    assert api.get(image["url"]).content == image_bytes("PNG", (40, 30))
 
 
 def test_an_upload_goes_to_cloudinary_through_its_sdk(
@@ -85,7 +90,8 @@ def test_an_upload_goes_to_cloudinary_through_its_sdk(
             json.dumps(
                 {
                     "public_id": public_id,
-                    "secure_url": f"https://res.cloudinary.com/demo/image/upload/{public_id}.jpg",
+                    "type": "authenticated",
+                    "secure_url": f"https://res.cloudinary.com/demo/image/authenticated/s--x--/{public_id}.jpg",
                     "width": 64,
                     "height": 48,
                 }
@@ -105,25 +111,30 @@ def test_an_upload_goes_to_cloudinary_through_its_sdk(
     assert image["backend"] == "cloudinary"
     [(request, _)] = httpserver.log
     params = form_of(request)
-    assert params["public_id"] == f"jobsite/{user.id}/{created['id']}"
-    assert image["url"] == f"https://res.cloudinary.com/demo/image/upload/{params['public_id']}.jpg"
+    assert re.fullmatch(r"jobsite/[\w-]{32}", params["public_id"]), "a random public id"
+    assert params["type"] == "authenticated", "delivered only through signed URLs"
+    assert image["public_id"] == params["public_id"]
+    assert image["url"] == f"/api/notes/images/{created['id']}/content/"
     assert_signed(params)
     assert "file" in request.files or "file" in params
     assert not Image.objects.get(id=created["id"]).file, "the staged copy is gone"
+    monkeypatch.setenv("CLOUDINARY_URL", cloudinary_url)
+    shown = api.get(image["url"], allow_redirects=False)
+    assert shown.status_code == 302
+    assert shown.headers["Location"].startswith(httpserver.url_for(f"/v1_1/{CLOUD}/image/download"))
 
     httpserver.expect_request(f"/v1_1/{CLOUD}/image/destroy", method="POST").respond_with_json(
         {"result": "ok"}
     )
-    monkeypatch.setenv("CLOUDINARY_URL", cloudinary_url)
     assert api.delete(f"/api/notes/images/{created['id']}/").status_code == 204
     destroy = form_of(httpserver.log[-1][0])
-    assert destroy["public_id"] == params["public_id"]
+    assert (destroy["public_id"], destroy["type"]) == (params["public_id"], "authenticated")
     assert_signed(destroy)
     assert not Image.objects.filter(id=created["id"]).exists()
 
 
 def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
-    api, start_worker, httpserver, cloudinary_url
+    api, start_worker, httpserver, cloudinary_url, monkeypatch
 ):
     httpserver.expect_request(f"/v1_1/{CLOUD}/image/upload", method="POST").respond_with_response(
         Response(
@@ -142,9 +153,19 @@ def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
     job = Job.objects.get(id=created["job_id"])
     assert (job.status, job.attempts) == ("failed", 3)
     assert len(httpserver.log) == 3
+    public_ids = {form_of(request)["public_id"] for request, _ in httpserver.log}
+    assert len(public_ids) == 1, "each retry overwrites the same asset"
     retries = list(job.events.filter(kind="retry_scheduled").order_by("created_at"))
     assert len(retries) == 2
     assert "5" in retries[0].message and "10" in retries[1].message
+
+    # Deleting the failed image also deletes whatever of it may have reached Cloudinary.
+    httpserver.expect_request(f"/v1_1/{CLOUD}/image/destroy", method="POST").respond_with_json(
+        {"result": "not found"}
+    )
+    monkeypatch.setenv("CLOUDINARY_URL", cloudinary_url)
+    assert api.delete(f"/api/notes/images/{created['id']}/").status_code == 204
+    assert form_of(httpserver.log[-1][0])["public_id"] == public_ids.pop()
 
 
 @pytest.mark.parametrize(
@@ -163,18 +184,18 @@ def test_uploads_are_checked_by_their_content_not_their_name(api, name, data, wo
     assert Image.objects.count() == 0 and Job.objects.count() == 0
 
 
-def test_an_image_over_the_limit_is_refused(api, settings):
-    settings.NOTES_IMAGE_MAX_BYTES = 1000
-
-    response = upload(api, image_bytes("PNG", (400, 400)) + b"\0" * 1000)
-
-    assert response.status_code == 400
-    assert "the limit is 1000" in response.json()["errors"]["file"][0]
-    assert Image.objects.count() == 0
-
-
 def test_an_upload_without_a_file_is_refused(api):
     response = api.post("/api/notes/images/", data={"name": "x"}, json=None)
 
     assert response.status_code == 400
     assert "file" in response.json()["errors"]
+
+
+def test_a_page_showing_an_image_by_its_url_keeps_it_linked(api, user):
+    image = upload(api, image_bytes()).json()
+
+    page = api.post(
+        "/api/notes/pages/", {"title": "Pets", "content": f"![cat]({image['url']})"}
+    ).json()
+
+    assert page["image_ids"] == [image["id"]]
