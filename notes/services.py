@@ -481,7 +481,7 @@ def report_image(owner_id: int, url: str) -> tuple[bytes, str] | None:
     if image is None:
         return None
     try:
-        return _image_bytes(image)
+        return image_content(image)
     except Exception:
         log.warning("Image %s could not be read for a report", image.id, exc_info=True)
         return None
@@ -501,8 +501,3 @@ def _image_id_named_by(url: str) -> int | None:
         return None
     match = IMAGE_API_PATH.fullmatch(parts.path)
     return int(match[1]) if match else None
-
-
-def _image_bytes(image: Image) -> tuple[bytes, str]:
-    with image.file.open("rb") as stored:
-        return stored.read(), image.content_type

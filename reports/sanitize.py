@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 import markdown
 import nh3
+from django.conf import settings
 from django.utils.safestring import SafeString, mark_safe
 from PIL import Image as PILImage
 
@@ -49,8 +50,6 @@ LINK = re.compile(r"(?:https?|mailto):", re.IGNORECASE)
 RASTER_DATA_URL = re.compile(r"data:image/(?:png|jpeg|gif|webp)[;,]", re.IGNORECASE)
 RASTER_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 RASTER_FORMATS = {"PNG", "JPEG", "GIF", "WEBP"}
-# A small image may claim a huge size; decoding it would take the worker's memory.
-MAX_IMAGE_PIXELS = 50_000_000
 
 
 def data_images_only(src: str) -> str | None:
@@ -123,7 +122,7 @@ def _data_url_bytes(src: str) -> bytes:
 
 
 def _is_sane_raster(content: bytes) -> bool:
-    """Whether the bytes are a PNG, JPEG, GIF or WebP image of at most MAX_IMAGE_PIXELS
+    """Whether the bytes are a PNG, JPEG, GIF or WebP image of at most NOTES_IMAGE_MAX_PIXELS
     (read from its header: nothing is decoded)."""
     try:
         with PILImage.open(io.BytesIO(content)) as image:
@@ -134,7 +133,9 @@ def _is_sane_raster(content: bytes) -> bool:
 
 
 def too_many_pixels(content: bytes) -> bool:
-    """Whether the bytes are an image (of any format Pillow reads) above MAX_IMAGE_PIXELS."""
+    """Whether the bytes are an image (of any format Pillow reads) above the pixel limit of
+    uploads, NOTES_IMAGE_MAX_PIXELS: a small image may claim a huge size, and decoding it
+    would take the worker's memory."""
     try:
         with PILImage.open(io.BytesIO(content)) as image:
             width, height = image.size
@@ -142,4 +143,4 @@ def too_many_pixels(content: bytes) -> bool:
         return True
     except Exception:  # not an image Pillow reads
         return False
-    return width * height > MAX_IMAGE_PIXELS
+    return width * height > settings.NOTES_IMAGE_MAX_PIXELS
