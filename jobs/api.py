@@ -126,6 +126,12 @@ class BulkCreateSerializer(serializers.Serializer):
     )
 
 
+class JobStatsSerializer(serializers.Serializer):
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_type = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
+    throughput = serializers.DictField(child=serializers.IntegerField())
+
+
 class JobPagination(CursorPagination):
     ordering = "-created_at"
     page_size = 50
@@ -283,6 +289,7 @@ class JobViewSet(viewsets.GenericViewSet):
             return _conflict(exc, "not_retryable", exc.job)
         return Response(job_data(job), status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(responses=JobStatsSerializer)
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         return Response(services.stats(self.get_queryset()))
