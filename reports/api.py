@@ -128,13 +128,12 @@ class ReportViewSet(viewsets.GenericViewSet):
     def list(self, request: Request) -> Response:
         status_filter = request.query_params.get("status")
         if status_filter and status_filter not in Status.values:
-            return Response(
+            raise serializers.ValidationError(
                 {
                     "status": [
                         f"Unknown status {status_filter!r}. Known: {', '.join(Status.values)}."
                     ]
-                },
-                status=status.HTTP_400_BAD_REQUEST,
+                }
             )
         reports = filter_reports(self.get_queryset(), status_filter, request.query_params.get("q"))
         page = self.paginate_queryset(reports)
