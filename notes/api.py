@@ -92,6 +92,7 @@ class PageViewSet(OwnedMixin, viewsets.ModelViewSet):
 
 class ImageSerializer(serializers.ModelSerializer):
     job_id = serializers.UUIDField(read_only=True)
+    url = serializers.CharField(read_only=True)  # empty until the image is stored
 
     class Meta:
         model = Image
