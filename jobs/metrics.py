@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -119,6 +120,7 @@ def allowed(request: HttpRequest) -> bool:
         return False
 
 
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     if not allowed(request):
         return HttpResponse(
