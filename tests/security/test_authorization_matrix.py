@@ -18,6 +18,8 @@ which prints the rows to add; a row whose path no longer resolves fails
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from django.core.management import call_command
 from pytest_django.live_server_helper import LiveServer
@@ -160,10 +162,42 @@ BODIES: dict[tuple[str, str], Body] = {
 
 Cell = tuple[Row, str]
 CELLS: list[Cell] = [(r, role) for r in TABLE for role in ROLES]
+PROBED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def unlisted_requests() -> list[tuple[str, str, str]]:
+    """(role, method, path) for each method no row lists, on a path of each project
+    pattern, sent as a role the pattern's first row lets through (the owner, else the
+    superuser), so that only the method can be refused."""
+    project_routes = {pattern.route for pattern in project_patterns()}
+    listed: dict[str, set[str]] = {}
+    first_row: dict[str, Row] = {}
+    for r in TABLE:
+        route = pattern_of(placeholder_world().fill(r.path))
+        if route in project_routes:
+            listed.setdefault(route, set()).add(r.method)
+            first_row.setdefault(route, r)
+    return [
+        (_admitted_role(first), method, first.path)
+        for route, first in first_row.items()
+        for method in PROBED_METHODS
+        if method not in listed[route]
+    ]
+
+
+def _admitted_role(first: Row) -> str:
+    admitted = [role for role in ("owner", "superuser") if first.expected[role] in range(200, 400)]
+    return admitted[0] if admitted else "superuser"
+
+
+@dataclass
+class Outcomes:
+    cells: dict[tuple[str, str], Expected]  # (row label, role): what the role got
+    unlisted: dict[str, Expected]  # "METHOD path as role" no row lists: what it got
 
 
 @pytest.fixture(scope="module")
-def outcomes(django_db_setup, django_db_blocker) -> dict[tuple[str, str], Expected]:
+def outcomes(django_db_setup, django_db_blocker) -> Outcomes:
     """Every cell's observed status, from one run over the table: users and a live server
     made once for the module, the database flushed once at the end."""
     with django_db_blocker.unblock():
@@ -185,17 +219,22 @@ def outcomes(django_db_setup, django_db_blocker) -> dict[tuple[str, str], Expect
                     **(body(world) if body else {}),
                 )
                 results[(matrix_row.label, role)] = observed(response)
+            unlisted = {}
+            for role, method, path in unlisted_requests():
+                world = World.create(people.owner)
+                response = caller.send(role, method, world.fill(path))
+                unlisted[f"{method} {path} as {role}"] = observed(response)
         finally:
             server.stop()
             call_command("flush", verbosity=0, interactive=False)
-    return results
+    return Outcomes(results, unlisted)
 
 
 @pytest.mark.parametrize(
     ("matrix_row", "role"), CELLS, ids=[f"{r.label} as {role}" for r, role in CELLS]
 )
 def test_each_role_gets_the_status_its_row_says(outcomes, matrix_row: Row, role: str):
-    got = outcomes[(matrix_row.label, role)]
+    got = outcomes.cells[(matrix_row.label, role)]
     want = matrix_row.expected[role]
     assert got == want, f"{matrix_row.label} as {role}: expected {want}, got {got}"
 
@@ -203,9 +242,9 @@ def test_each_role_gets_the_status_its_row_says(outcomes, matrix_row: Row, role:
 def test_no_cell_differs_from_the_table(outcomes):
     """All differences at once, as a table (the cells above fail one by one)."""
     wrong = [
-        (r.label, role, r.expected[role], outcomes[(r.label, role)])
+        (r.label, role, r.expected[role], outcomes.cells[(r.label, role)])
         for r, role in CELLS
-        if outcomes[(r.label, role)] != r.expected[role]
+        if outcomes.cells[(r.label, role)] != r.expected[role]
     ]
     width = max((len(label) for label, *_ in wrong), default=0)
     lines = [
@@ -213,6 +252,15 @@ def test_no_cell_differs_from_the_table(outcomes):
         for label, role, want, got in wrong
     ]
     assert not wrong, f"{len(wrong)} cell(s) differ from the table:\n" + "\n".join(lines)
+
+
+def test_methods_without_a_row_are_refused(outcomes):
+    answered = {request: got for request, got in outcomes.unlisted.items() if got != 405}
+    assert not answered, (
+        "Methods no row lists were not refused with 405; add rows for "
+        "them or make the view refuse them:\n"
+        + "\n".join(f"{request}: {got}" for request, got in answered.items())
+    )
 
 
 def test_every_url_pattern_has_a_row_for_each_method():
