@@ -3,6 +3,7 @@ five roles, the objects the owner owns, and one real HTTP request per table cell
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
 from collections.abc import Callable, Iterator
@@ -23,6 +24,11 @@ from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from jobs.models import Job, Status
 from notes.models import Image, ImageStatus, Page, Task
 from reports.models import Report
+
+# The URL configuration is read while the tests are collected, when settings.DEBUG is
+# still what the environment says (the suite runs with DJANGO_DEBUG=1, tests/plugin.py):
+# its debug-only routes are then in the table whatever else imports it first.
+importlib.import_module(settings.ROOT_URLCONF)
 
 ROLES = ("anonymous", "owner", "other", "staff", "superuser")
 LOGIN = "login"  # a cell's value for "302 to a login page" (the site's or the admin's)

@@ -104,6 +104,10 @@ TABLE: list[Row] = [
     row("PUT",   "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("PATCH", "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("DELETE", "/api/notes/tasks/{task}/",             401,   204,   404,   404,   404),
+    # The debug-only route of stored images, without a login: changes with issue part uploads
+    # (images go only to their owner, through an owner-checked view; delete this row when
+    # the route goes).
+    row("GET",   "/media/notes/images/{image_file}",      404,   404,   404,   404,   404),
     # --- operators. No worker runs here, so /health/ reports the workers check failing.
     row("GET",   "/health/",                              503,   503,   503,   503,   503),
     # Loopback is no longer trusted with debug off: changes with issue part operators.
