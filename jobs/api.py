@@ -33,8 +33,10 @@ class JobEventSerializer(serializers.ModelSerializer):
 
 class JobSerializer(serializers.ModelSerializer):
     priority = serializers.CharField(source="priority_name", read_only=True)
-    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
-    duration_seconds = serializers.FloatField(read_only=True)
+    owner = serializers.CharField(
+        source="owner.username", default=None, allow_null=True, read_only=True
+    )
+    duration_seconds = serializers.FloatField(allow_null=True, read_only=True)
 
     class Meta:
         model = Job
@@ -124,6 +126,17 @@ class BulkCreateSerializer(serializers.Serializer):
     jobs = serializers.ListField(
         child=serializers.DictField(), min_length=1, max_length=settings.JOBS_BULK_MAX
     )
+
+
+class BulkCreatedJobSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    created = serializers.BooleanField()
+
+
+class BulkCreatedSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="How many jobs are new (others existed).")
+    jobs = BulkCreatedJobSerializer(many=True)
 
 
 class JobStatsSerializer(serializers.Serializer):
@@ -216,7 +229,7 @@ class JobViewSet(viewsets.GenericViewSet):
         code = status.HTTP_202_ACCEPTED if outcome.created else status.HTTP_200_OK
         return Response(job_data(outcome.job), status=code)
 
-    @extend_schema(request=BulkCreateSerializer, responses={202: JobSerializer(many=True)})
+    @extend_schema(request=BulkCreateSerializer, responses={202: BulkCreatedSerializer})
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
         outer = BulkCreateSerializer(data=request.data)
