@@ -27,9 +27,13 @@ class ReportSerializer(serializers.ModelSerializer):
     progress = serializers.IntegerField(source="job.progress", default=100, read_only=True)
     message = serializers.CharField(source="job.message", default="", read_only=True)
     error = serializers.CharField(source="job.error", default="", read_only=True)
-    job_id = serializers.UUIDField(read_only=True)
-    started_at = serializers.DateTimeField(source="job.started_at", default=None, read_only=True)
-    finished_at = serializers.DateTimeField(source="job.finished_at", default=None, read_only=True)
+    job_id = serializers.UUIDField(allow_null=True, read_only=True)
+    started_at = serializers.DateTimeField(
+        source="job.started_at", default=None, allow_null=True, read_only=True
+    )
+    finished_at = serializers.DateTimeField(
+        source="job.finished_at", default=None, allow_null=True, read_only=True
+    )
     download_url = serializers.SerializerMethodField()
 
     class Meta:
