@@ -189,7 +189,13 @@ class World:
         )
 
     def fill(self, path: str) -> str:
-        return path.format(**self.values)
+        try:
+            return path.format(**self.values)
+        except KeyError as exc:
+            known = ", ".join("{" + name + "}" for name in self.values)
+            raise KeyError(
+                f"{path}: no object {{{exc.args[0]}}}; the known ones: {known}"
+            ) from None
 
 
 def _stored_image(owner) -> Image:

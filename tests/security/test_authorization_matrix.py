@@ -13,7 +13,8 @@ django.contrib.auth are covered by a sample of their views.
 
 A new URL pattern without rows fails `test_every_url_pattern_has_a_row_for_each_method`,
 which prints the rows to add; a row whose path no longer resolves fails
-`test_every_row_names_an_existing_url_pattern`.
+`test_every_row_names_an_existing_url_pattern`; a method a pattern has no row for must be
+refused with 405 (`test_methods_without_a_row_are_refused`).
 """
 
 from __future__ import annotations
