@@ -22,7 +22,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import _token_for
 from tests.security.matrix import World, png_bytes
 
 pytestmark = pytest.mark.fuzz
@@ -52,13 +51,14 @@ schema = schemathesis.openapi.from_dict(SCHEMA_DOCUMENT)
 
 
 @pytest.fixture
-def bearer(live_server, user) -> dict[str, str]:
-    return {"Authorization": f"Bearer {_token_for(live_server.url, user.username)}"}
+def bearer(api) -> dict[str, str]:
+    """The JWT of a plain signed-in user."""
+    return {"Authorization": api.session.headers["Authorization"]}
 
 
 @pytest.fixture
-def staff_bearer(live_server, staff_user) -> dict[str, str]:
-    return {"Authorization": f"Bearer {_token_for(live_server.url, staff_user.username)}"}
+def staff_bearer(staff_api) -> dict[str, str]:
+    return {"Authorization": staff_api.session.headers["Authorization"]}
 
 
 @pytest.fixture
