@@ -39,7 +39,9 @@ class JobFieldsSerializer(serializers.ModelSerializer):
     """Every field of a job as stored; `JobSerializer` shows each viewer their part of it."""
 
     priority = serializers.CharField(source="priority_name", read_only=True)
-    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    owner = serializers.CharField(
+        source="owner.username", default=None, allow_null=True, read_only=True
+    )
     payload = serializers.JSONField(
         read_only=True,
         allow_null=True,
@@ -54,7 +56,7 @@ class JobFieldsSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="Staff see the traceback; everyone else the exception's type and message.",
     )
-    duration_seconds = serializers.FloatField(read_only=True)
+    duration_seconds = serializers.FloatField(allow_null=True, read_only=True)
 
     class Meta:
         model = Job
@@ -208,6 +210,23 @@ class BulkCreateSerializer(serializers.Serializer):
     )
 
 
+class BulkCreatedJobSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    created = serializers.BooleanField()
+
+
+class BulkCreatedSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="How many jobs are new (others existed).")
+    jobs = BulkCreatedJobSerializer(many=True)
+
+
+class JobStatsSerializer(serializers.Serializer):
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_type = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
+    throughput = serializers.DictField(child=serializers.IntegerField())
+
+
 class JobPagination(CursorPagination):
     ordering = "-created_at"
     page_size = 50
@@ -334,7 +353,7 @@ class JobViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         request=BulkCreateSerializer,
-        responses={202: JobSerializer(many=True), 429: TOO_MANY_ACTIVE},
+        responses={202: BulkCreatedSerializer, 429: TOO_MANY_ACTIVE},
     )
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
@@ -422,6 +441,7 @@ class JobViewSet(viewsets.GenericViewSet):
             return _conflict(exc, "not_retryable", exc.job)
         return Response(job_data(job, request.user), status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(responses=JobStatsSerializer)
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
         return Response(services.stats(self.get_queryset()))

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -125,6 +126,7 @@ def refusal(request: HttpRequest) -> JsonResponse | None:
     return response
 
 
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     if refused := refusal(request):
         return refused

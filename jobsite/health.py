@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_safe
 
 from .celery_app import app as celery_app
 from .operators import is_operator
@@ -78,6 +79,7 @@ def run_checks() -> dict[str, dict[str, Any]]:
     return results
 
 
+@require_safe
 def health(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
     healthy = all(c["ok"] for c in checks.values())

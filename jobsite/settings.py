@@ -256,6 +256,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Create, watch, cancel and retry background jobs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Every operation documents the JSON error answers it may give (jobsite/openapi.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "jobsite.openapi.document_errors",
+    ],
 }
 
 # Celery: https://docs.celeryq.dev/en/stable/userguide/configuration.html

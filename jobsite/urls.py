@@ -19,6 +19,9 @@ api_patterns = [
     path("", include("notes.urls")),
 ]
 
+# A URL no pattern matches gets a JSON 404 under /api/, as every other API error.
+handler404 = "jobsite.api.not_found"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),

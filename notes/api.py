@@ -48,6 +48,11 @@ class PageUpdateSerializer(serializers.Serializer):
         return data
 
 
+class PageSavedSerializer(serializers.Serializer):
+    page_id = serializers.IntegerField()
+    job = JobSerializer(help_text="The save job that applies the update.")
+
+
 class NotesPagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
@@ -78,7 +83,7 @@ class PageViewSet(OwnedMixin, viewsets.ModelViewSet):
         )
         return Response(PageSerializer(page).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=PageUpdateSerializer, responses={202: JobSerializer})
+    @extend_schema(request=PageUpdateSerializer, responses={202: PageSavedSerializer})
     def update(self, request: Request, *args, **kwargs) -> Response:
         page = self.get_object()
         incoming = PageUpdateSerializer(data=request.data)
@@ -94,7 +99,8 @@ class PageViewSet(OwnedMixin, viewsets.ModelViewSet):
 
 
 class ImageSerializer(serializers.ModelSerializer):
-    job_id = serializers.UUIDField(read_only=True)
+    job_id = serializers.UUIDField(allow_null=True, read_only=True)
+    url = serializers.CharField(read_only=True)  # empty until the image is stored
 
     class Meta:
         model = Image

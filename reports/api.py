@@ -30,9 +30,13 @@ class ReportSerializer(serializers.ModelSerializer):
     error = serializers.SerializerMethodField(
         help_text="The failed job's exception: its type and message, on one line."
     )
-    job_id = serializers.UUIDField(read_only=True)
-    started_at = serializers.DateTimeField(source="job.started_at", default=None, read_only=True)
-    finished_at = serializers.DateTimeField(source="job.finished_at", default=None, read_only=True)
+    job_id = serializers.UUIDField(allow_null=True, read_only=True)
+    started_at = serializers.DateTimeField(
+        source="job.started_at", default=None, allow_null=True, read_only=True
+    )
+    finished_at = serializers.DateTimeField(
+        source="job.finished_at", default=None, allow_null=True, read_only=True
+    )
     download_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -134,13 +138,12 @@ class ReportViewSet(viewsets.GenericViewSet):
     def list(self, request: Request) -> Response:
         status_filter = request.query_params.get("status")
         if status_filter and status_filter not in Status.values:
-            return Response(
+            raise serializers.ValidationError(
                 {
                     "status": [
                         f"Unknown status {status_filter!r}. Known: {', '.join(Status.values)}."
                     ]
-                },
-                status=status.HTTP_400_BAD_REQUEST,
+                }
             )
         reports = filter_reports(self.get_queryset(), status_filter, request.query_params.get("q"))
         page = self.paginate_queryset(reports)

@@ -9,7 +9,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 from rest_framework import serializers
 
 from jobs.errors import InvalidTransition
@@ -42,6 +47,7 @@ def _back(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "HEAD", "POST"])
 def index(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _create(request)
@@ -139,6 +145,7 @@ def _act(request: HttpRequest, report_id, action, done: str) -> HttpResponse:
 
 
 @login_required
+@require_safe
 def download(request: HttpRequest, report_id) -> HttpResponse:
     report = get_object_or_404(Report.objects.owned_by(request.user), id=report_id)
     if not report.is_ready:
