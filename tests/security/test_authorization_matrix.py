@@ -51,11 +51,9 @@ from tests.security.matrix import (
 pytestmark = pytest.mark.django_db
 
 # Paths name the owner's objects: {job} queued, {failed_job}, {page}, {image} (a stored PNG;
-# {image_file} its file under media/notes/images/), {task}, {report} (being made),
+# {task}, {report} (being made),
 # {failed_report}, {ready_report} (with its PDF). Unsafe requests get fresh objects.
 #
-# A status marked "changes with issue part <name>" is what that part of the work makes it;
-# until then the cell fails on purpose.
 
 # fmt: off
 TABLE: list[Row] = [
@@ -64,19 +62,21 @@ TABLE: list[Row] = [
     row("GET",   "/api/me/",                              401,   200,   200,   200,   200),
     row("POST",  "/api/auth/token/",                      200,   200,   200,   200,   200),
     row("POST",  "/api/auth/token/refresh/",              200,   200,   200,   200,   200),
+    # the refresh token is the proof: whoever holds it may sign it out
+    row("POST",  "/api/auth/token/revoke/",               200,   200,   200,   200,   200),
     # --- the schema and its browsable docs are public
     row("GET",   "/api/schema/",                          200,   200,   200,   200,   200),
     row("GET",   "/api/docs/",                            200,   200,   200,   200,   200),
-    # --- jobs: staff see and act on every user's jobs
+    # --- jobs: staff see every user's jobs; acting on them takes a permission
     row("GET",   "/api/job-types/",                       401,   200,   200,   200,   200),
     row("GET",   "/api/jobs/",                            401,   200,   200,   200,   200),
     row("POST",  "/api/jobs/",                            401,   202,   202,   202,   202),
     row("POST",  "/api/jobs/bulk/",                       401,   202,   202,   202,   202),
     row("GET",   "/api/jobs/stats/",                      401,   200,   200,   200,   200),
     row("GET",   "/api/jobs/{job}/",                      401,   200,   404,   200,   200),
-    row("DELETE", "/api/jobs/{job}/",                     401,   200,   404,   200,   200),
-    row("POST",  "/api/jobs/{job}/cancel/",               401,   200,   404,   200,   200),
-    row("POST",  "/api/jobs/{failed_job}/retry/",         401,   202,   404,   202,   202),
+    row("DELETE", "/api/jobs/{job}/",                     401,   200,   404,   403,   200),
+    row("POST",  "/api/jobs/{job}/cancel/",               401,   200,   404,   403,   200),
+    row("POST",  "/api/jobs/{failed_job}/retry/",         401,   202,   404,   403,   202),
     row("GET",   "/api/jobs/{job}/status/",               401,   200,   404,   200,   200),
     # --- reports: each user's own, staff included
     row("GET",   "/api/reports/",                         401,   200,   200,   200,   200),
@@ -99,24 +99,21 @@ TABLE: list[Row] = [
     row("POST",  "/api/notes/images/cleanup/",            401,   403,   403,   202,   202),
     row("GET",   "/api/notes/images/{image}/",            401,   200,   404,   404,   404),
     row("DELETE", "/api/notes/images/{image}/",           401,   204,   404,   404,   404),
+    row("GET",   "/api/notes/images/{image}/content/",    401,   200,   404,   404,   404),
     row("GET",   "/api/notes/tasks/",                     401,   200,   200,   200,   200),
     row("POST",  "/api/notes/tasks/",                     401,   201,   201,   201,   201),
     row("GET",   "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("PUT",   "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("PATCH", "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("DELETE", "/api/notes/tasks/{task}/",             401,   204,   404,   404,   404),
-    # The debug-only route of stored images, without a login: changes with issue part uploads
-    # (images go only to their owner, through an owner-checked view; delete this row when
-    # the route goes).
-    row("GET",   "/media/notes/images/{image_file}",      404,   404,   404,   404,   404),
     # --- operators. No worker runs here, so /health/ reports the workers check failing.
     row("GET",   "/health/",                              503,   503,   503,   503,   503),
-    # Loopback is no longer trusted with debug off: changes with issue part operators.
-    row("GET",   "/metrics",                              403,   403,   403,   200,   200),
+    # The metrics token or a staff session; requests from loopback are not trusted.
+    row("GET",   "/metrics",                              401,   403,   403,   200,   200),
     row("GET",   "/dashboard/",                           LOGIN, 403,   403,   200,   200),
     row("GET",   "/dashboard/data/",                      LOGIN, 403,   403,   200,   200),
-    row("POST",  "/dashboard/retry-failed/",              LOGIN, 403,   403,   302,   302),
-    row("POST",  "/dashboard/jobs/{failed_job}/retry/",   LOGIN, 403,   403,   302,   302),
+    row("POST",  "/dashboard/retry-failed/",              LOGIN, 403,   403,   403,   302),
+    row("POST",  "/dashboard/jobs/{failed_job}/retry/",   LOGIN, 403,   403,   403,   302),
     # --- the reports pages: each user's own
     row("GET",   "/",                                     302,   302,   302,   302,   302),
     row("GET",   "/reports/",                             LOGIN, 200,   200,   200,   200),
@@ -146,6 +143,9 @@ BODIES: dict[tuple[str, str], Body] = {
         {"username": "owner", "password": "correct-horse-battery-staple"}
     ),
     ("POST", "/api/auth/token/refresh/"): json_body(
+        lambda w: {"refresh": w.values["refresh_token"]}
+    ),
+    ("POST", "/api/auth/token/revoke/"): json_body(
         lambda w: {"refresh": w.values["refresh_token"]}
     ),
     ("POST", "/api/jobs/"): json_body({"type": "system.noop"}),
