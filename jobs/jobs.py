@@ -156,6 +156,22 @@ def purge(ctx: JobContext) -> dict:
     return {"deleted": deleted, "total": sum(deleted.values())}
 
 
+@job_type(
+    "system.flush_expired_tokens",
+    queue="maintenance",
+    soft_time_limit=600,
+    retention=Retention(succeeded_for=timedelta(days=7), succeeded_max=30),
+    description="Delete expired refresh tokens and their blacklist entries.",
+)
+def flush_expired_tokens(ctx: JobContext) -> dict:
+    # Every sign-in and every refresh records a refresh token, so that it can be
+    # blacklisted; once expired it is refused anyway and its row serves nothing.
+    from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+
+    deleted, by_model = OutstandingToken.objects.filter(expires_at__lte=timezone.now()).delete()
+    return {"tokens": by_model.get("token_blacklist.OutstandingToken", 0), "rows": deleted}
+
+
 class DigestPayload(serializers.Serializer):
     hours = serializers.IntegerField(min_value=1, max_value=24 * 7, default=24)
 

@@ -346,6 +346,11 @@ JOBS_SCHEDULES: dict[str, dict] = {
         "expire_seconds": 12 * 60 * 60,
         "description": "Delete expired Celery task results.",
     },
+    "token-cleanup": {
+        "job": "system.flush_expired_tokens",
+        "cron": env("TOKEN_CLEANUP_CRON", default="30 4 * * *"),
+        "description": "Delete expired refresh tokens and their blacklist entries.",
+    },
     "image-cleanup": {
         "job": "notes.image_cleanup",
         "payload": {"type": "comprehensive"},

@@ -3,6 +3,7 @@ tokens used once (rotation with a blacklist) and revocable."""
 
 import time
 import uuid
+from datetime import timedelta
 
 import jwt
 import pytest
@@ -10,10 +11,14 @@ import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
+from django.utils import timezone
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from jobs import services
+from jobs.models import Job, Status
 from jobsite.auth import AccessToken
 from tests.conftest import PASSWORD
-from tests.support import run_in_threads
+from tests.support import run_in_threads, wait_for
 
 OLD_DEVELOPMENT_KEY = "insecure-development-key-do-not-use-in-production"
 
@@ -175,3 +180,27 @@ def test_checking_a_token_costs_one_query_for_the_user(user, django_assert_num_q
 
     with django_assert_num_queries(1):
         assert client.get("/api/me/").status_code == 200
+
+
+def test_the_token_cleanup_job_deletes_expired_tokens_and_keeps_current_ones(
+    live_server, user, worker
+):
+    revoked, expired, current = (obtain(live_server, "alice") for _ in range(3))
+    revoke_url = f"{live_server.url}/api/auth/token/revoke/"
+    requests.post(revoke_url, json={"refresh": revoked["refresh"]}, timeout=10)
+    past = timezone.now() - timedelta(minutes=1)
+    for tokens in (revoked, expired):
+        jti = jwt.decode(tokens["refresh"], options={"verify_signature": False})["jti"]
+        OutstandingToken.objects.filter(jti=jti).update(expires_at=past)
+
+    job = services.enqueue("system.flush_expired_tokens").job
+    wait_for(
+        lambda: Job.objects.get(id=job.id).status == Status.SUCCEEDED,
+        timeout=60,
+        what="the clean-up job to succeed",
+    )
+
+    assert Job.objects.get(id=job.id).result["tokens"] == 2
+    assert OutstandingToken.objects.count() == 1
+    assert BlacklistedToken.objects.count() == 0
+    assert refresh(live_server, current["refresh"]).status_code == 200

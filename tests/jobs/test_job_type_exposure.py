@@ -21,6 +21,7 @@ REFUSED_TO_USERS = {
     "email.welcome": {"email": "x@outside.example", "name": "X"},
     "email.digest": {"hours": 24},
     "system.purge": {},
+    "system.flush_expired_tokens": {},
     "notes.save_page": {"page_id": 1, "version": 2147483647, "content": "pwned"},
     "notes.upload_image": {"image_id": 1},
     "notes.image_cleanup": {"type": "delete-marked", "grace_hours": 0},
