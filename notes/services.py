@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import secrets
+import smtplib
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -387,59 +389,126 @@ class Reminder:
         return "\n".join(lines) + "\n"
 
 
+class RemindersNotSent(Exception):
+    """Some owners' reminders could not be sent; their tasks are released for the next run."""
+
+    def __init__(self, failed_owner_ids: list[int], owners: int):
+        super().__init__(
+            f"Reminders could not be sent to {len(failed_owner_ids)} of {owners} owners"
+            f" (user ids {', '.join(map(str, failed_owner_ids))}); their tasks are left"
+            " for the next run."
+        )
+        self.failed_owner_ids = failed_owner_ids
+
+
 def send_task_reminders(now: datetime | None = None) -> dict[str, int]:
     """E-mail each owner about tasks due within the hour (with five minutes' slack) and
-    overdue ones, once per task and kind. Tasks are claimed before the e-mail goes out
-    and released if it cannot be sent, so no task is reminded twice."""
+    overdue ones, once per task and kind.
+
+    Owners are reminded one at a time: an owner's tasks are claimed right before their
+    e-mail goes out and released if it cannot be sent. Claiming per owner (rather than
+    every owner's tasks up front) means a worker killed mid-loop leaves at most one
+    owner's tasks claimed without a sent e-mail; the owners it had not reached yet are
+    untouched and the next run reminds them. A failure for one owner does not stop the
+    others; the run then raises RemindersNotSent, so the job retries, and the retry
+    reminds only the released owners. A mail server that cannot be reached at all stops
+    the run at once: every other owner would wait for it in turn.
+    """
     now = now or timezone.now()
-    horizon = now + timedelta(minutes=65)
-    open_tasks = Task.objects.filter(done=False, owner__email__gt="")
-    due_soon = open_tasks.filter(due_at__gt=now, due_at__lte=horizon, due_soon_sent_at__isnull=True)
-    overdue = open_tasks.filter(due_at__lte=now, overdue_sent_at__isnull=True)
-    soon_ids = _claim(due_soon, "due_soon_sent_at", now)
-    overdue_ids = _claim(overdue, "overdue_sent_at", now)
-    sent = 0
-    for reminder in _reminders(soon_ids, overdue_ids).values():
+    due = _due_soon(now) | _overdue(now)
+    owner_ids = list(
+        Task.objects.filter(due, done=False, owner__email__gt="")
+        .order_by("owner_id")
+        .values_list("owner_id", flat=True)
+        .distinct()
+    )
+    counts = {"emails": 0, "due_soon": 0, "overdue": 0}
+    failed: list[int] = []
+    for owner_id in owner_ids:
         try:
-            EmailMessage(
-                _reminder_subject(reminder),
-                reminder.text(),
-                settings.DEFAULT_FROM_EMAIL,
-                [reminder.email],
-            ).send()
-        except Exception:
-            Task.objects.filter(id__in=[t.id for t in reminder.due_soon]).update(
-                due_soon_sent_at=None
-            )
-            Task.objects.filter(id__in=[t.id for t in reminder.overdue]).update(
-                overdue_sent_at=None
-            )
-            raise
-        sent += 1
-    return {"emails": sent, "due_soon": len(soon_ids), "overdue": len(overdue_ids)}
+            reminder = _remind_owner(owner_id, now)
+        except Exception as exc:
+            if _fails_every_owner(exc):
+                raise
+            log.warning("Task reminder to user %s could not be sent", owner_id, exc_info=True)
+            failed.append(owner_id)
+            continue
+        if reminder is not None:
+            counts["emails"] += 1
+            counts["due_soon"] += len(reminder.due_soon)
+            counts["overdue"] += len(reminder.overdue)
+    if failed:
+        raise RemindersNotSent(failed, len(owner_ids))
+    return counts
+
+
+def _due_soon(now: datetime) -> Q:
+    horizon = now + timedelta(minutes=65)
+    return Q(due_at__gt=now, due_at__lte=horizon, due_soon_sent_at__isnull=True)
+
+
+def _overdue(now: datetime) -> Q:
+    return Q(due_at__lte=now, overdue_sent_at__isnull=True)
+
+
+def _remind_owner(owner_id: int, now: datetime) -> Reminder | None:
+    """Claim the owner's due tasks and send them one e-mail; None when another run has
+    claimed them all. The claims are released if the e-mail cannot be sent."""
+    tasks = Task.objects.filter(owner_id=owner_id, done=False, owner__email__gt="")
+    soon_ids = _claim(tasks.filter(_due_soon(now)), "due_soon_sent_at", now)
+    overdue_ids = _claim(tasks.filter(_overdue(now)), "overdue_sent_at", now)
+    if not soon_ids and not overdue_ids:
+        return None
+    try:
+        reminder = _reminder(soon_ids, overdue_ids)
+        if reminder is None:  # the tasks were deleted meanwhile
+            return None
+        EmailMessage(
+            _reminder_subject(reminder),
+            reminder.text(),
+            settings.DEFAULT_FROM_EMAIL,
+            [reminder.email],
+        ).send()
+    except BaseException:
+        _release(soon_ids, "due_soon_sent_at", now)
+        _release(overdue_ids, "overdue_sent_at", now)
+        raise
+    return reminder
+
+
+def _fails_every_owner(exc: Exception) -> bool:
+    """Whether the next owner would fail the same way: the mail server cannot be reached
+    or hung up, or the job's time is up. A refused address or message is the owner's own."""
+    if isinstance(exc, SoftTimeLimitExceeded | smtplib.SMTPConnectError):
+        return True
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException)
 
 
 def _claim(queryset, flag: str, now: datetime) -> list[int]:
-    ids = list(queryset.values_list("id", flat=True))
-    if not ids:
-        return []
     claimed = []
-    for task_id in ids:
+    for task_id in queryset.values_list("id", flat=True):
         # One conditional UPDATE per task: a second run at the same moment claims nothing.
         if Task.objects.filter(id=task_id, **{f"{flag}__isnull": True}).update(**{flag: now}):
             claimed.append(task_id)
     return claimed
 
 
-def _reminders(soon_ids: list[int], overdue_ids: list[int]) -> dict[int, Reminder]:
-    reminders: dict[int, Reminder] = {}
+def _release(ids: list[int], flag: str, now: datetime) -> None:
+    # Only this run's claims: a task whose reminders were reset and claimed again since
+    # belongs to that other run.
+    if ids:
+        Task.objects.filter(id__in=ids, **{flag: now}).update(**{flag: None})
+
+
+def _reminder(soon_ids: list[int], overdue_ids: list[int]) -> Reminder | None:
     tasks = Task.objects.filter(id__in=[*soon_ids, *overdue_ids]).select_related("owner")
+    reminder = None
     for task in tasks.order_by("due_at"):
-        reminder = reminders.setdefault(
-            task.owner_id, Reminder(task.owner.email, task.owner.get_username(), [], [])
-        )
+        reminder = reminder or Reminder(task.owner.email, task.owner.get_username(), [], [])
         (reminder.due_soon if task.id in soon_ids else reminder.overdue).append(task)
-    return reminders
+    return reminder
 
 
 def _reminder_subject(reminder: Reminder) -> str:

@@ -120,11 +120,16 @@ class Api:
 
 
 class SmtpSink:
-    """A real SMTP server on a free local port that keeps every message it receives."""
+    """A real SMTP server on a free local port that keeps every message it receives.
+
+    It refuses (550) the recipients in `refused`, as a server does for a mailbox that
+    does not exist.
+    """
 
     def __init__(self):
         self.port = free_port()
         self.messages: list[Message] = []
+        self.refused: set[str] = set()
         self._controller = None
 
     def start(self) -> None:
@@ -133,6 +138,12 @@ class SmtpSink:
         sink = self
 
         class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address.lower() in {a.lower() for a in sink.refused}:
+                    return "550 5.1.1 Mailbox unavailable"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server, session, envelope):
                 sink.messages.append(message_from_bytes(envelope.original_content))
                 return "250 Message accepted"

@@ -1,9 +1,11 @@
 """Task reminders: due within the hour (give or take five minutes) and overdue, once
-per task and kind; done tasks are skipped."""
+per task and kind; done tasks are skipped; one owner's failed e-mail keeps nobody else
+from theirs."""
 
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.utils import timezone
 
@@ -79,35 +81,104 @@ def test_moving_the_due_time_earns_a_new_reminder(user):
     assert services.send_task_reminders(now=NOW)["due_soon"] == 1
 
 
+def use_smtp(settings, sink) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_USE_TLS = "127.0.0.1", sink.port, False
+
+
+def recipients(sink) -> list[str]:
+    return sorted(message["To"] for message in sink.messages)
+
+
+@pytest.fixture
+def third_user(transactional_db):
+    return get_user_model().objects.create_user("dave", "dave@example.com", "x-password-1")
+
+
 @pytest.mark.django_db
-def test_when_the_mail_cannot_be_sent_the_tasks_are_released(user, settings):
+def test_a_refused_address_does_not_keep_the_other_owners_from_their_reminders(
+    user, other_user, third_user, smtp_sink, settings
+):
+    use_smtp(settings, smtp_sink)
+    smtp_sink.refused = {other_user.email}
+    alices = [task(user, "standup", timedelta(minutes=30)), task(user, "late", timedelta(hours=-1))]
+    bobs = task(other_user, "bob's call", timedelta(minutes=20))
+    daves = task(third_user, "dave's review", timedelta(minutes=-10))
+
+    with pytest.raises(services.RemindersNotSent) as failure:
+        services.send_task_reminders(now=NOW)
+
+    # Bob comes between the others: the owner after him is reminded all the same.
+    assert failure.value.failed_owner_ids == [other_user.id]
+    assert recipients(smtp_sink) == [user.email, third_user.email]
+    for t in [*alices, bobs, daves]:
+        t.refresh_from_db()
+    assert alices[0].due_soon_sent_at == NOW and alices[1].overdue_sent_at == NOW
+    assert daves.overdue_sent_at == NOW
+    assert bobs.due_soon_sent_at is None
+
+    # The job's retry, once the address is accepted again, reminds Bob alone, once.
+    smtp_sink.refused = set()
+    retry = services.send_task_reminders(now=NOW + timedelta(minutes=1))
+
+    assert retry == {"emails": 1, "due_soon": 1, "overdue": 0}
+    assert recipients(smtp_sink) == sorted([user.email, other_user.email, third_user.email])
+    assert "bob's call" in smtp_sink.messages[-1].get_payload()
+    assert services.send_task_reminders(now=NOW + timedelta(minutes=2))["emails"] == 0
+    assert len(smtp_sink.messages) == 3
+
+
+@pytest.mark.django_db
+def test_an_unreachable_mail_server_stops_the_run_and_leaves_every_task_unclaimed(
+    user, other_user, settings
+):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
     standup = task(user, "standup", timedelta(minutes=30))
+    call = task(other_user, "bob's call", timedelta(minutes=-5))
 
     with pytest.raises(OSError):
         services.send_task_reminders(now=NOW)
 
     standup.refresh_from_db()
+    call.refresh_from_db()
     assert standup.due_soon_sent_at is None
+    # Bob was never reached: nothing of his was claimed, so a crash here strands nothing.
+    assert call.overdue_sent_at is None
 
 
 @pytest.mark.worker
-def test_the_reminder_job_runs_on_a_worker(user, worker, smtp_sink):
-    Task.objects.create(owner=user, title="pay rent", due_at=timezone.now() + timedelta(minutes=20))
+def test_the_reminder_job_retries_for_the_owner_whose_address_was_refused(
+    user, other_user, worker, smtp_sink
+):
+    smtp_sink.refused = {user.email}
+    due = timezone.now() + timedelta(minutes=20)
+    alices = Task.objects.create(owner=user, title="pay rent", due_at=due)
+    Task.objects.create(owner=other_user, title="call mum", due_at=due)
 
     job = jobs_services.enqueue("notes.task_reminders").job
+
+    def retry_scheduled() -> bool:
+        job.refresh_from_db()
+        return job.attempts == 1 and job.status == "queued" and bool(job.error)
+
+    wait_for(retry_scheduled, timeout=30, what="the first attempt to fail")
+    assert "RemindersNotSent" in job.error and str(user.id) in job.error
+    assert recipients(smtp_sink) == [other_user.email]
+    alices.refresh_from_db()
+    assert alices.due_soon_sent_at is None
+
+    smtp_sink.refused = set()
 
     def finished() -> bool:
         job.refresh_from_db()
         return job.is_finished
 
-    wait_for(finished, timeout=30, what="the reminder job")
+    wait_for(finished, timeout=90, what="the retry (after its 30 s back-off)")
     assert job.status == "succeeded", job.error
-    assert job.queue == "emails"
-    assert len(smtp_sink.messages) == 1
-    assert "pay rent" in smtp_sink.messages[0].get_payload()
-    assert smtp_sink.messages[0]["To"] == user.email
+    assert job.attempts == 2
+    assert recipients(smtp_sink) == sorted([user.email, other_user.email])
+    assert "pay rent" in smtp_sink.messages[-1].get_payload()
 
 
 def test_tasks_api_is_owner_scoped(api, other_api):
