@@ -4,7 +4,10 @@ tables (after `migrate` and by `manage.py sync_schedules`), fired by Beat.
 A declaration names either a job type (`job`, with a `payload`) or a plain Celery task
 (`task`), and either a `cron` expression ("m h dom mon dow") or an interval in seconds
 (`every`). Scheduled jobs go through `jobs.services.enqueue` with a key derived from the
-schedule's window, so however many Beats fire for one window, one job is created.
+schedule's window, so however many Beats fire for one window, one job is created. Only
+Beat's firings have a window (Beat stamps them with `FIRED_AT_HEADER`, see jobs/beat.py);
+a run started by hand (the admin's "Run selected tasks") or from code is keyed by its own
+message, so it never takes, or suppresses, a window's scheduled job.
 
 `DISABLE_<NAME>_CRON=1` in the environment disables one schedule: NAME is the schedule's
 name in upper case with every run of other characters turned into "_" (the schedule
@@ -28,6 +31,8 @@ from django.core.exceptions import ImproperlyConfigured
 ENQUEUE_TASK = "jobs.enqueue_scheduled"
 # The header that marks a django-celery-beat row as ours, holding the declaration's name.
 MANAGED_HEADER = "jobsite_schedule"
+# The header with which Beat marks a scheduled firing, holding when it fired (a Unix time).
+FIRED_AT_HEADER = "jobsite_fired_at"
 # Beat fires a cron entry at its minute, a little late under load. A fire time within
 # this of an occurrence belongs to that occurrence (cron occurrences are >= 60 s apart).
 CRON_TOLERANCE = timedelta(seconds=30)
@@ -278,6 +283,11 @@ def window_for(schedule: celery_schedules.BaseSchedule, fired_at: datetime) -> d
 
 def window_key(name: str, window: datetime) -> str:
     return f"schedule:{name}:{window.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+def manual_run_key(name: str, run_id: str) -> str:
+    """The key of a run Beat did not fire; never equal to a window's key."""
+    return f"schedule:{name}:manual:{run_id}"
 
 
 def schedule_of(name: str) -> celery_schedules.BaseSchedule | None:

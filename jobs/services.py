@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -259,21 +260,36 @@ def enqueue_for_schedule(
     *,
     priority: str = "normal",
     fired_at: datetime | None = None,
+    run_id: str | None = None,
 ) -> Job:
-    """Enqueue the job a schedule fired, keyed by the schedule's window so that two
-    Beats, a restarted Beat or a redelivered message create one job per window."""
-    from . import schedules
+    """Enqueue the job a schedule asked for.
 
-    key = None
-    timing = schedules.schedule_of(schedule_name) if schedule_name else None
-    if timing is not None:
-        window = schedules.window_for(timing, fired_at or timezone.now())
-        key = schedules.window_key(schedule_name, window)
+    A firing of Beat (`fired_at`, when Beat fired it) is keyed by the schedule's window,
+    so that two Beats, a restarted Beat or a redelivered message create one job per
+    window. Any other run (the admin's "Run selected tasks", a call from code) is keyed
+    by `run_id`, the id of its message, so a redelivered message still creates one job
+    and the run never suppresses the window's scheduled job.
+    """
+    key = schedule_key(schedule_name, fired_at, run_id)
     try:
         return enqueue(type_name, payload, idempotency_key=key, priority=priority).job
     except IdempotencyConflict:
         # The schedule's payload changed within the window: the window already has its job.
         return _existing_for_key(None, key)
+
+
+def schedule_key(
+    schedule_name: str | None, fired_at: datetime | None, run_id: str | None
+) -> str | None:
+    """A firing's window key, else a key of the run's own (None for no schedule)."""
+    from . import schedules
+
+    if not schedule_name:
+        return None
+    timing = schedules.schedule_of(schedule_name) if fired_at else None
+    if timing is not None:
+        return schedules.window_key(schedule_name, schedules.window_for(timing, fired_at))
+    return schedules.manual_run_key(schedule_name, run_id or uuid.uuid4().hex)
 
 
 def enqueue_startup_jobs(now: datetime | None = None) -> list[Job]:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 from celery import Task
 from celery.signals import (
-    before_task_publish,
     task_postrun,
     worker_ready,
     worker_shutdown,
@@ -80,28 +79,21 @@ def sweep_when_a_worker_starts(**kwargs) -> None:
 def enqueue_scheduled(
     self: Task, type: str, payload: dict | None = None, priority: str = "normal", **kwargs
 ) -> str:
-    """Beat's way in: enqueue a job of `type`, once per window of the firing schedule."""
+    """Beat's way in: enqueue a job of `type`, once per window of the firing schedule.
+
+    Only a message Beat fired carries its firing time; one sent by the admin's "Run
+    selected tasks" or from code is a run of its own, keyed by its task id."""
     name = getattr(self.request, "periodic_task_name", None) or kwargs.get("schedule")
-    fired_at = getattr(self.request, FIRED_AT_HEADER, None)
+    fired_at = getattr(self.request, schedules.FIRED_AT_HEADER, None)
     job = services.enqueue_for_schedule(
         name,
         type,
         payload,
         priority=priority,
         fired_at=datetime.fromtimestamp(fired_at, UTC) if fired_at else None,
+        run_id=self.request.id,
     )
     return str(job.id)
-
-
-FIRED_AT_HEADER = "jobsite_fired_at"
-
-
-@before_task_publish.connect(sender=schedules.ENQUEUE_TASK)
-def stamp_fire_time(headers: dict | None = None, **kwargs) -> None:
-    # The window is computed from when Beat fired, not from when a worker got to the
-    # message: a backed-up queue must not move a firing into the next window.
-    if headers is not None:
-        headers.setdefault(FIRED_AT_HEADER, datetime.now(UTC).timestamp())
 
 
 @worker_ready.connect

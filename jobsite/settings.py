@@ -371,7 +371,7 @@ JOBS_SCHEDULES: dict[str, dict] = {
         "description": "E-mail each user a summary of yesterday's jobs.",
     },
 }
-# The same schedules for a file-based Beat (`celery beat -S celery.beat:PersistentScheduler`);
+# The same schedules for a file-based Beat (`celery beat -S jobs.beat:PersistentScheduler`);
 # the database scheduler reads the synced rows instead.
 CELERY_BEAT_SCHEDULE = beat_schedule(JOBS_SCHEDULES)
 

@@ -185,7 +185,7 @@ class WorkerProcess:
         broker_url: str | None = None,
         smtp: SmtpSink | None = None,
         env: dict[str, str] | None = None,
-        scheduler: str = "celery.beat:PersistentScheduler",
+        scheduler: str = "jobs.beat:PersistentScheduler",
         app: str = "jobsite",
         pool: str = "prefork",
         loglevel: str = "INFO",

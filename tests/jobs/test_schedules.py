@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from jobs import schedules, services
-from jobs.beat import DatabaseScheduler
+from jobs.beat import DatabaseScheduler, PersistentScheduler
 from jobs.models import Job, Status
 from jobsite.celery_app import app as celery_app
 from tests.support import wait_for
@@ -242,15 +242,28 @@ def enqueue_task_runs(worker) -> int:
     return len(re.findall(r"Task jobs\.enqueue_scheduled\[[^]]+\] succeeded", worker.log()))
 
 
+def two_beats(kind: str, declared: dict, tmp_path) -> list:
+    """Two Beat schedulers of `kind`, as two Beat processes would hold them."""
+    if kind == "database":
+        return [DatabaseScheduler(app=celery_app, lazy=True) for _ in range(2)]
+    beats = [
+        PersistentScheduler(app=celery_app, schedule_filename=str(tmp_path / f"beat-{n}"))
+        for n in range(2)
+    ]
+    for beat in beats:
+        beat.update_from_dict(schedules.beat_schedule(declared))
+    return beats
+
+
 @pytest.mark.worker
-def test_two_beat_ticks_for_one_window_create_one_job(declared, worker):
+@pytest.mark.parametrize("kind", ["database", "file"])
+def test_two_beat_ticks_for_one_window_create_one_job(declared, worker, kind, tmp_path):
     declared["hourly-noop"] = {"job": "system.noop", "every": 3600}
     schedules.sync()
-    first_beat = DatabaseScheduler(app=celery_app, lazy=True)
-    second_beat = DatabaseScheduler(app=celery_app, lazy=True)
 
-    for beat in (first_beat, second_beat):
+    for beat in two_beats(kind, declared, tmp_path):
         beat.apply_async(beat.schedule["hourly-noop"], producer=None, advance=False)
+        beat.close()
 
     jobs = Job.objects.filter(idempotency_key__startswith="schedule:hourly-noop:")
     wait_for(
@@ -259,6 +272,91 @@ def test_two_beat_ticks_for_one_window_create_one_job(declared, worker):
         what="both firings to be handled and the job to run",
     )
     assert jobs.count() == 1
+    assert ":manual:" not in jobs.get().idempotency_key
+
+
+def fire_from_beat(name: str) -> None:
+    """Fire the schedule `name` as the database Beat does when it is due."""
+    beat = DatabaseScheduler(app=celery_app, lazy=True)
+    beat.apply_async(beat.schedule[name], producer=None, advance=False)
+    beat.close()
+
+
+@pytest.mark.worker
+def test_run_selected_tasks_in_the_admin_never_suppresses_the_scheduled_firing(
+    declared, admin_client, worker
+):
+    declared["nightly"] = {"job": "system.noop", "cron": "0 3 * * *"}
+    schedules.sync()
+    row = PeriodicTask.objects.get(name="nightly")
+    jobs = Job.objects.filter(idempotency_key__startswith="schedule:nightly:")
+
+    response = admin_client.post(
+        "/admin/django_celery_beat/periodictask/",
+        {"action": "run_tasks", "_selected_action": [row.pk]},
+    )
+
+    assert response.status_code == 302
+    wait_for(
+        lambda: jobs.filter(status=Status.SUCCEEDED).count() == 1,
+        timeout=30,
+        what="the manual run's job to run",
+    )
+    manual = jobs.get()
+    assert manual.idempotency_key.startswith("schedule:nightly:manual:")
+
+    # Beat fires the window a manual run at this hour used to be keyed to.
+    windows = {schedules.window_for(row.schedule, datetime.now(UTC))}
+    fire_from_beat("nightly")
+    windows.add(schedules.window_for(row.schedule, datetime.now(UTC)))
+
+    wait_for(
+        lambda: jobs.filter(status=Status.SUCCEEDED).count() == 2,
+        timeout=30,
+        what="the scheduled firing's job to run",
+    )
+    scheduled = jobs.exclude(id=manual.id).get()
+    assert scheduled.idempotency_key in {schedules.window_key("nightly", w) for w in windows}
+
+    # The broker delivers the manual run's message again.
+    task_id = manual.idempotency_key.removeprefix("schedule:nightly:manual:")
+    celery_app.send_task(
+        schedules.ENQUEUE_TASK,
+        kwargs=json.loads(row.kwargs),
+        task_id=task_id,
+        headers={"periodic_task_name": "nightly"},
+    )
+    wait_for(
+        lambda: worker.log().count(f"[{task_id}] succeeded") == 2,
+        timeout=30,
+        what="the redelivered message to be handled",
+    )
+    assert jobs.count() == 2
+
+
+def test_only_a_firing_of_beat_is_keyed_by_the_window_it_belongs_to(declared):
+    declared["nightly"] = {"job": "system.noop", "cron": "0 3 * * *"}
+    schedules.sync()
+    afternoon = datetime(2026, 3, 2, 14, 23, tzinfo=UTC)
+    three_next_morning = datetime(2026, 3, 3, 3, 0, tzinfo=UTC)
+
+    manual = services.enqueue_for_schedule("nightly", "system.noop", {}, run_id="message-1")
+    redelivered = services.enqueue_for_schedule("nightly", "system.noop", {}, run_id="message-1")
+    from_code = services.enqueue_for_schedule("nightly", "system.noop", {})
+    fired = services.enqueue_for_schedule(
+        "nightly", "system.noop", {}, fired_at=three_next_morning + timedelta(seconds=1)
+    )
+
+    assert manual.idempotency_key == "schedule:nightly:manual:message-1"
+    assert redelivered.id == manual.id
+    assert from_code.idempotency_key.startswith("schedule:nightly:manual:")
+    assert from_code.id != manual.id
+    assert fired.idempotency_key == "schedule:nightly:2026-03-03T03:00:00Z"
+    assert Job.objects.filter(type="system.noop").count() == 3
+    # Given a time, a window is found (as a firing at 14:23 belongs to the next 03:00);
+    # without a firing time there is no window, whatever the time of day.
+    assert services.schedule_key("nightly", afternoon, "x") == fired.idempotency_key
+    assert services.schedule_key("nightly", None, "x") == "schedule:nightly:manual:x"
 
 
 @pytest.mark.worker
