@@ -6,6 +6,10 @@ The worker's main process learns of the death right away (Celery fails the reque
 process writes the job and attempt it holds into its slot of a small table of shared
 memory, created in the main process before the pool forks; the main process reads the
 dead process's slot and requeues the job only if that attempt still holds it.
+
+Celery notices a dead pool process when its sentinel pipe closes, but when the exit is
+not yet reapable at that moment it only looks again at its next pool check, up to 5 s
+later; the worker here checks the pool every POOL_CHECK_INTERVAL seconds.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import uuid
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from billiard.process import current_process
+from celery import bootsteps
 from celery.worker.request import Request
 from django.db import connection
+
+from jobsite.celery_app import app
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +114,20 @@ class JobRequest(Request):
         return isinstance(exc, SystemExit | KeyboardInterrupt) and not (
             self._already_cancelled or self._already_revoked
         )
+
+
+POOL_CHECK_INTERVAL = 0.5
+
+
+class PoolProcessWatch(bootsteps.StartStopStep):
+    """Check the prefork pool for dead processes every POOL_CHECK_INTERVAL seconds."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, worker) -> None:
+        pool = getattr(worker.pool, "_pool", None)
+        if worker.hub is not None and hasattr(pool, "maintain_pool"):
+            worker.hub.call_repeatedly(POOL_CHECK_INTERVAL, pool.maintain_pool)
+
+
+app.steps["worker"].add(PoolProcessWatch)
