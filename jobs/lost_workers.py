@@ -24,6 +24,7 @@ from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from billiard.process import current_process
 from celery import bootsteps
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 from django.db import connection
 
@@ -73,16 +74,19 @@ def _uuid_bytes(job_id: uuid.UUID | str) -> bytes:
     return (job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(job_id)).bytes
 
 
-def requeue_job_of_lost_process(pid: int | None, job_id: str, reason: str) -> bool:
-    """Requeue the job a dead pool process held, through the attempt fence. True when
-    the job went back to the queue (or failed, after too many stalls)."""
+def requeue_job_of_lost_process(
+    pid: int | None, job_id: str, reason: str, *, send: bool = True
+) -> bool:
+    """Requeue the job a dead pool process held, through the attempt fence, and send
+    its message unless `send` is false. True when the job went back to the queue (or
+    failed, after too many stalls)."""
     from . import services
 
     attempt = attempt_held_by(pid, job_id) if pid else None
     if attempt is None:
         log.info("Pool process %s died before holding job %s; nothing to recover", pid, job_id)
         return False
-    return services.recover_lost(job_id, attempt, reason)
+    return services.recover_lost(job_id, attempt, reason, send=send)
 
 
 class JobRequest(Request):
@@ -95,6 +99,9 @@ class JobRequest(Request):
                     self.worker_pid,
                     str(self.args[0]),
                     f"Worker process {self.worker_pid} died while running it: {exc_info.exception}",
+                    # A worker shutting down does not wait on the broker: the message
+                    # Celery requeues, or else the dispatch sweeper, runs the job.
+                    send=not (worker_state.should_stop or worker_state.should_terminate),
                 )
             except Exception:
                 log.exception("Could not recover the job of a lost pool process")

@@ -478,9 +478,10 @@ def recover_stalled(now: datetime | None = None) -> int:
     return handled
 
 
-def recover_lost(job_id: str, attempt: int, reason: str) -> bool:
+def recover_lost(job_id: str, attempt: int, reason: str, *, send: bool = True) -> bool:
     """Requeue a job whose worker process died holding `attempt` of it (counted as a
-    stall, as the sweeper does), only if that attempt still holds it. True when the
+    stall, as the sweeper does), only if that attempt still holds it, and send its
+    message unless `send` is false (the dispatch sweeper then does). True when the
     job went back to the queue or failed after too many stalls."""
     now = timezone.now()
     held = Job.objects.filter(id=job_id, status=Status.RUNNING, attempts=attempt)
@@ -495,7 +496,7 @@ def recover_lost(job_id: str, attempt: int, reason: str) -> bool:
         cause="its worker process died",
         message="Recovered after its worker process died",
     )
-    if outcome == Status.QUEUED:
+    if outcome == Status.QUEUED and send:
         dispatch([job], now=now)
     return outcome is not None
 

@@ -70,7 +70,18 @@ def test_the_job_a_lost_process_held_goes_back_to_the_queue_as_a_stall(running_j
     running_job.refresh_from_db()
     assert running_job.status == Status.QUEUED
     assert running_job.stalled_count == 1
+    assert running_job.dispatched_at is not None
     assert running_job.events.get(kind="recovered").message == "died; back in the queue"
+
+
+def test_a_worker_shutting_down_leaves_sending_the_job_to_the_dispatch_sweeper(running_job):
+    assert lost_workers.requeue_job_of_lost_process(
+        os.getpid(), str(running_job.id), "died", send=False
+    )
+
+    running_job.refresh_from_db()
+    assert running_job.status == Status.QUEUED
+    assert running_job.dispatched_at is None
 
 
 def test_a_job_another_attempt_now_holds_is_left_alone(running_job):
