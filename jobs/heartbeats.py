@@ -19,6 +19,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 
+from . import lost_workers
 from .models import Job, Status
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,13 @@ def _heartbeat_thread() -> HeartbeatThread:
 
 @contextlib.contextmanager
 def holding(job: Job) -> Iterator[None]:
-    """Keep `job`'s heartbeat fresh for the duration of the block."""
+    """Keep `job`'s heartbeat fresh for the duration of the block, and let the worker's
+    main process know which attempt this process holds should it die."""
     thread = _heartbeat_thread()
     thread.add(job)
+    lost_workers.hold(job.id, job.attempts)
     try:
         yield
     finally:
+        lost_workers.release()
         thread.remove(job)

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connections, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -479,38 +479,75 @@ def recover_stalled(now: datetime | None = None) -> int:
         held = Job.objects.filter(
             id=job.id, status=Status.RUNNING, attempts=job.attempts, heartbeat_at__lt=cutoff
         )
-        if job.stalled_count >= settings.JOBS_MAX_STALLED:
-            error = (
-                f"Stalled {job.stalled_count + 1} times: the worker running it stopped "
-                "sending heartbeats."
-            )
-            if held.update(status=Status.FAILED, error=error, finished_at=now, updated_at=now):
-                JobEvent.objects.create(
-                    job_id=job.id, kind=EventKind.FAILED, message=error, attempt=job.attempts
-                )
-                handled += 1
-            continue
-        if held.update(
-            status=Status.QUEUED,
-            stalled_count=job.stalled_count + 1,
-            dispatched_at=None,
-            heartbeat_at=None,
-            run_at=None,
+        outcome = _requeue_stalled(
+            job,
+            held,
+            now,
+            event=f"No heartbeat since {job.heartbeat_at.isoformat()}; back in the queue",
+            cause="the worker running it stopped sending heartbeats",
             message="Recovered after its worker stopped",
-            updated_at=now,
-        ):
-            JobEvent.objects.create(
-                job_id=job.id,
-                kind=EventKind.RECOVERED,
-                message=f"No heartbeat since {job.heartbeat_at.isoformat()}; back in the queue",
-                attempt=job.attempts,
-            )
-            job.status = Status.QUEUED
-            job.run_at = None
+        )
+        if outcome == Status.QUEUED:
             recovered.append(job)
-            handled += 1
+        handled += outcome is not None
     dispatch(recovered, now=now)
     return handled
+
+
+def recover_lost(job_id: str, attempt: int, reason: str, *, send: bool = True) -> bool:
+    """Requeue a job whose worker process died holding `attempt` of it (counted as a
+    stall, as the sweeper does), only if that attempt still holds it, and send its
+    message unless `send` is false (the dispatch sweeper then does). True when the
+    job went back to the queue or failed after too many stalls."""
+    now = timezone.now()
+    held = Job.objects.filter(id=job_id, status=Status.RUNNING, attempts=attempt)
+    job = held.first()
+    if job is None:
+        return False
+    outcome = _requeue_stalled(
+        job,
+        held,
+        now,
+        event=f"{reason}; back in the queue",
+        cause="its worker process died",
+        message="Recovered after its worker process died",
+    )
+    if outcome == Status.QUEUED and send:
+        dispatch([job], now=now)
+    return outcome is not None
+
+
+def _requeue_stalled(
+    job: Job, held: QuerySet[Job], now: datetime, *, event: str, cause: str, message: str
+) -> str | None:
+    """Put a stalled job back in the queue, or fail it once it has stalled
+    `JOBS_MAX_STALLED` times, if `held` still matches it. Returns the new status."""
+    if job.stalled_count >= settings.JOBS_MAX_STALLED:
+        error = f"Stalled {job.stalled_count + 1} times: {cause}."
+        if not held.update(status=Status.FAILED, error=error, finished_at=now, updated_at=now):
+            return None
+        JobEvent.objects.create(
+            job_id=job.id, kind=EventKind.FAILED, message=error, attempt=job.attempts
+        )
+        return Status.FAILED
+    if not held.update(
+        status=Status.QUEUED,
+        stalled_count=job.stalled_count + 1,
+        dispatched_at=None,
+        heartbeat_at=None,
+        run_at=None,
+        message=message,
+        updated_at=now,
+    ):
+        return None
+    JobEvent.objects.create(
+        job_id=job.id,
+        kind=EventKind.RECOVERED,
+        message=event[:500],
+        attempt=job.attempts,
+    )
+    job.status, job.run_at = Status.QUEUED, None
+    return Status.QUEUED
 
 
 def hand_back(job_ids: Iterable[str], reason: str) -> int:

@@ -17,7 +17,7 @@ from django.db import connections
 
 from jobsite.celery_app import app
 
-from . import runner, schedules, services, shutdown  # noqa: F401 (connects its signal)
+from . import lost_workers, runner, schedules, services, shutdown  # noqa: F401 (connects its signal)
 from .registry import JobType
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ def make_task(jt: JobType) -> Task:
         name=jt.name,
         acks_late=True,
         reject_on_worker_lost=True,
+        # Requeues the job at once if the pool process running it dies.
+        Request=lost_workers.JobRequest,
         # The job's row is its result; a second copy per run in the result backend
         # costs several statements per job (see the README's Performance section).
         ignore_result=not settings.JOBS_STORE_TASK_RESULTS,
