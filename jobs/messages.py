@@ -7,20 +7,33 @@ copied per job with the ids swapped in. It is published the way Celery's
 `send_task_message` publishes to a queue on a direct exchange (through the default
 exchange, routing key = queue name), with each queue declared once per batch rather
 than once per message. Anything routed otherwise goes through `send_task_message`.
+
+Publishing is done on connections of its own with short timeouts
+(JOBS_PUBLISH_TIMEOUT), so a broker that hangs costs a request a fraction of a second,
+not the 10 s read timeout the worker's consumer keeps; and after a failure a circuit
+breaker skips the broker for JOBS_PUBLISH_BREAKER_SECONDS, the jobs being left to the
+dispatch sweeper.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery.app.amqp import task_message
+from django.conf import settings
+from kombu import Connection, Producer
+from kombu.connection import ConnectionPool
 
 from jobsite.celery_app import app
+from jobsite.circuit import CircuitBreaker
 
 if TYPE_CHECKING:
     from .models import Job
@@ -29,10 +42,20 @@ PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 BATCH_SIZE = 1000
 
 
+breaker = CircuitBreaker("the broker", lambda: settings.JOBS_PUBLISH_BREAKER_SECONDS)
+
+
+def publishing_paused() -> bool:
+    """True while the breaker is open: `publish` would refuse without trying."""
+    return breaker.is_open()
+
+
 def publish(jobs: Sequence[Job], now: datetime) -> None:
     """Send one message per job, in one broker round trip per BATCH_SIZE messages; a job
-    whose `run_at` is still ahead is sent with that ETA. Raises if the broker fails."""
-    with app.producer_or_acquire() as producer:
+    whose `run_at` is still ahead is sent with that ETA. Raises if the broker fails or
+    does not answer within JOBS_PUBLISH_TIMEOUT, and `CircuitOpen` without trying while
+    the breaker is open."""
+    with breaker.guard(), _producer() as producer:
         for queue_name in {job.queue for job in jobs}:
             if _uses_default_exchange(queue_name):
                 producer.maybe_declare(app.amqp.queues[queue_name])
@@ -42,6 +65,56 @@ def publish(jobs: Sequence[Job], now: datetime) -> None:
         with producer.batch(max_size=BATCH_SIZE):
             for job in jobs:
                 _send(producer, job, _eta(job, now))
+
+
+def bounded_connection() -> Connection:
+    """A broker connection (not yet connected) whose connect, read and write each give up
+    after JOBS_PUBLISH_TIMEOUT, with no retries."""
+    timeout = settings.JOBS_PUBLISH_TIMEOUT
+    return app.connection_for_write(
+        transport_options=_bounded_options(timeout), connect_timeout=timeout
+    )
+
+
+def _bounded_options(timeout: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "max_retries": 0,
+        "retry_on_timeout": False,
+    }
+
+
+_pools: dict[str, ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _connection_pool() -> ConnectionPool:
+    url = app.conf.broker_write_url or app.conf.broker_url
+    pool = _pools.get(url)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(url) or bounded_connection().Pool(limit=app.conf.broker_pool_limit)
+            _pools[url] = pool
+    return pool
+
+
+@contextmanager
+def _producer() -> Iterator[Producer]:
+    """A producer on a pooled bounded connection. Waiting for a free connection is
+    bounded too; a connection whose use raised is closed before it goes back to the pool
+    (kombu's PooledConnection does that), so the next user connects afresh."""
+    pool = _connection_pool()
+    with pool.acquire(block=True, timeout=settings.JOBS_PUBLISH_TIMEOUT) as connection:
+        yield Producer(connection)
+
+
+def _forget_pools_after_fork() -> None:
+    # The child must not close or share the parent's sockets: it starts with none.
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _eta(job: Job, now: datetime) -> datetime | None:

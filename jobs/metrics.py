@@ -15,9 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from jobsite.celery_app import app as celery_app
 from jobsite.operators import bearer_token, is_operator
 
+from .messages import bounded_connection
 from .models import EventKind, Job, JobEvent
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -63,7 +63,7 @@ def queue_depths() -> GaugeMetricFamily:
 
 def broker_queue_depths() -> dict[str, int]:
     depths = {}
-    with celery_app.connection_for_read() as conn:
+    with bounded_connection() as conn:  # a paused broker must not hold the scrape
         conn.ensure_connection(max_retries=1, timeout=2)
         channel = conn.default_channel
         for queue in settings.JOBS_QUEUES:

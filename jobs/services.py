@@ -325,7 +325,10 @@ def _mark_for_sending(jobs: Sequence[Job], now: datetime) -> None:
     written, so their row and their `dispatched` event are part of the same INSERT: a
     round trip and a commit fewer than marking them once sent. `_send_new` takes the
     mark back if sending fails; if the process dies between commit and send, the
-    dispatch sweeper resends them after JOBS_REDISPATCH_AFTER."""
+    dispatch sweeper resends them after JOBS_REDISPATCH_AFTER. While the broker's
+    breaker is open nothing is marked: the dispatch sweeper sends them."""
+    if messages.publishing_paused():
+        return
     horizon = now + timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX)
     for job in jobs:
         if job.run_at is None or job.run_at <= horizon:
@@ -333,7 +336,9 @@ def _mark_for_sending(jobs: Sequence[Job], now: datetime) -> None:
 
 
 def _send_new(jobs: Sequence[Job]) -> None:
-    """Send the messages of new jobs already marked dispatched."""
+    """Send the messages of new jobs already marked dispatched (the others wait for
+    the dispatch sweeper)."""
+    jobs = [job for job in jobs if job.dispatched_at]
     if not jobs:
         return
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -94,6 +95,14 @@ class EmbeddedRedis:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer on port {self.port}")
             time.sleep(0.05)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP), as a network partition or an overloaded host would:
+        connections are still accepted by the kernel, nothing is answered."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -18,7 +18,6 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
-from .celery_app import app as celery_app
 from .operators import is_operator
 
 STARTED = time.monotonic()
@@ -30,9 +29,20 @@ def check_database() -> dict[str, Any]:
     return {}
 
 
+class BrokerUnreachable(Exception):
+    pass
+
+
 def check_broker() -> dict[str, Any]:
-    with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
+    """Connect and ask the broker something (a Redis that is paused still accepts the
+    connection), within JOBS_PUBLISH_TIMEOUT each."""
+    from jobs.messages import bounded_connection
+
+    try:
+        with bounded_connection() as conn:
+            conn.ensure_connection(max_retries=0, timeout=settings.JOBS_PUBLISH_TIMEOUT)
+    except Exception as exc:
+        raise BrokerUnreachable(f"broker unreachable ({type(exc).__name__}: {exc})") from exc
     return {}
 
 

@@ -127,13 +127,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
+# The cache and the per-user API rate limit give up on Redis after this many seconds;
+# after a failure the rate limit skips Redis (lets requests through) for
+# CACHE_BREAKER_SECONDS. The token endpoint's limit, which refuses when Redis cannot
+# be asked, keeps its own 1 s.
+CACHE_TIMEOUT = env.float("CACHE_TIMEOUT", default=0.2)
+CACHE_BREAKER_SECONDS = env.float("CACHE_BREAKER_SECONDS", default=2.0)
+
 # https://docs.djangoproject.com/en/5.2/topics/cache/#redis
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": env("CACHE_URL", default=REDIS_URL),
         "KEY_PREFIX": "jobsite",
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        "OPTIONS": {"socket_connect_timeout": CACHE_TIMEOUT, "socket_timeout": CACHE_TIMEOUT},
     }
 }
 
@@ -385,6 +392,12 @@ JOBS_REDISPATCH_AFTER = env.float("JOBS_REDISPATCH_AFTER", default=300.0)
 # Delays up to this many seconds go to the broker as ETA messages; longer ones wait
 # in the database for the dispatch sweeper.
 JOBS_BROKER_DELAY_MAX = env.float("JOBS_BROKER_DELAY_MAX", default=60.0)
+# Publishing a job's message (web requests, the sweeper) gives up after this many
+# seconds to connect or to hear back, so a broker that hangs never holds a request;
+# after a failure it is not tried again for JOBS_PUBLISH_BREAKER_SECONDS, new jobs being
+# left to the dispatch sweeper meanwhile.
+JOBS_PUBLISH_TIMEOUT = env.float("JOBS_PUBLISH_TIMEOUT", default=0.4)
+JOBS_PUBLISH_BREAKER_SECONDS = env.float("JOBS_PUBLISH_BREAKER_SECONDS", default=2.0)
 JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 # Limits on jobs created through the API by non-staff users (see jobs/api.py):

@@ -13,6 +13,8 @@ from django.core.cache import cache
 from django.http import HttpRequest
 from rest_framework import exceptions, throttling
 
+from .circuit import CircuitBreaker, CircuitOpen
+
 log = logging.getLogger(__name__)
 
 
@@ -33,13 +35,24 @@ class RateLimitUnavailable(exceptions.APIException):
     default_code = "rate_limit_unavailable"
 
 
+# Opened by a failed check of a fail-open limit: Redis is then not asked again for
+# CACHE_BREAKER_SECONDS, so a Redis that hangs costs one short timeout per period.
+breaker = CircuitBreaker("Redis (rate limits)", lambda: settings.CACHE_BREAKER_SECONDS)
+
+
 class FailOpenMixin:
     """Rate limits live in Redis; if Redis cannot be reached the request is let through
-    rather than failing, so an outage of the cache never takes the API down with it."""
+    rather than failing, so an outage of the cache never takes the API down with it.
+    Redis is asked with CACHE_TIMEOUT, and not at all while the breaker is open."""
+
+    redis_timeout_setting = "CACHE_TIMEOUT"
 
     def allow_request(self, request, view) -> bool:
         try:
-            return super().allow_request(request, view)
+            with breaker.guard(failures=(redis.RedisError,)):
+                return super().allow_request(request, view)
+        except CircuitOpen:
+            return True
         except Exception as exc:
             log.warning("Rate limit check skipped: %s", exc)
             return True
@@ -58,11 +71,14 @@ class FailClosedMixin:
 
 
 @functools.cache
-def throttle_redis() -> redis.Redis:
-    """The Redis the cache uses (its first server), for the rate-limit counters."""
+def throttle_redis(timeout: float = 1.0) -> redis.Redis:
+    """The Redis the cache uses (its first server), for the rate-limit counters, giving
+    up after `timeout` seconds to connect or to answer, without retrying."""
     location = settings.CACHES["default"]["LOCATION"]
     url = location.split(",")[0] if isinstance(location, str) else location[0]
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=None
+    )
 
 
 class WindowCounterMixin:
@@ -77,6 +93,13 @@ class WindowCounterMixin:
     request does not count.
     """
 
+    redis_timeout_setting: str | None = None
+
+    def counter_store(self) -> redis.Redis:
+        if self.redis_timeout_setting is None:
+            return throttle_redis()
+        return throttle_redis(getattr(settings, self.redis_timeout_setting))
+
     def allow_request(self, request, view) -> bool:
         if self.rate is None:
             return True
@@ -87,7 +110,7 @@ class WindowCounterMixin:
         period, self.elapsed = divmod(self.now, self.duration)
         current_key = cache.make_key(f"{self.key}:{int(period)}")
         previous_key = cache.make_key(f"{self.key}:{int(period) - 1}")
-        with throttle_redis().pipeline(transaction=False) as pipe:
+        with self.counter_store().pipeline(transaction=False) as pipe:
             pipe.incr(current_key)
             pipe.expire(current_key, 2 * self.duration)
             pipe.get(previous_key)
@@ -96,7 +119,7 @@ class WindowCounterMixin:
         overlap = 1 - self.elapsed / self.duration
         if self.previous * overlap + self.current <= self.num_requests:
             return True
-        throttle_redis().decr(current_key)
+        self.counter_store().decr(current_key)
         self.current -= 1
         return False
 

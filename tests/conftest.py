@@ -7,6 +7,8 @@ import requests
 from django.contrib.auth import get_user_model
 from kombu import pools
 
+from jobs import messages
+from jobsite import throttles
 from jobsite.celery_app import app as celery_app
 from jobsite.embedded_redis import EmbeddedRedis
 from tests.support import (
@@ -157,6 +159,13 @@ def _point_celery_at(url: str) -> None:
     celery_app.conf.broker_url = url
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
+
+
+@pytest.fixture(autouse=True)
+def closed_breakers():
+    """Each test starts with the broker's and the rate limits' breakers closed."""
+    messages.breaker.reset()
+    throttles.breaker.reset()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ Anyone gets the status; staff sessions and the HEALTH_TOKEN bearer token the det
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -84,6 +85,30 @@ def test_503_naming_the_broker_when_it_is_down(live_server, transactional_db, pr
     assert response.status_code == 503
     assert "broker" in response.json()["failing"]
     assert response.json()["checks"]["database"]["ok"] is True
+
+
+def test_a_paused_broker_is_reported_unreachable_at_once(
+    live_server, transactional_db, private_broker
+):
+    private_broker.pause()
+    try:
+        started = time.monotonic()
+        response = health(live_server)
+        elapsed = time.monotonic() - started
+    finally:
+        private_broker.resume()
+
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["broker", "workers"]
+    assert "broker unreachable" in response.json()["checks"]["broker"]["error"]
+    # Each check is bounded: a paused Redis would otherwise hold this for 10 s and more.
+    assert elapsed < 3, elapsed
+
+    wait_for(
+        lambda: health(live_server).json()["checks"]["broker"]["ok"],
+        timeout=10,
+        what="the broker check to pass again",
+    )
 
 
 def test_anonymous_callers_get_the_status_alone(live_server, start_worker, settings):
