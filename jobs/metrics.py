@@ -3,6 +3,7 @@ so every web process reports the same numbers whatever process did the work."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -20,6 +21,8 @@ from jobsite.operators import bearer_token, is_operator
 from .messages import bounded_connection
 from .models import EventKind, Job, JobEvent
 
+log = logging.getLogger(__name__)
+
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
 
@@ -27,7 +30,7 @@ class JobsCollector:
     def collect(self) -> Iterator:
         yield jobs_by_type_and_status()
         yield failed_attempts_by_type()
-        yield queue_depths()
+        yield from broker_families()
         yield job_durations()
 
 
@@ -52,13 +55,25 @@ def failed_attempts_by_type() -> GaugeMetricFamily:
     return family
 
 
-def queue_depths() -> GaugeMetricFamily:
+def broker_families() -> Iterator[GaugeMetricFamily]:
+    """Whether the broker answered the scrape, and if it did, its queue depths: an
+    unreachable broker is a figure to alert on, not a failed scrape."""
+    up = GaugeMetricFamily("jobsite_broker_up", "1 if the broker answered this scrape, else 0")
+    try:
+        depths = broker_queue_depths()
+    except Exception as exc:
+        log.warning("Queue depths not scraped, the broker did not answer: %s", exc)
+        up.add_metric([], 0)
+        yield up
+        return
+    up.add_metric([], 1)
+    yield up
     family = GaugeMetricFamily(
         "jobsite_queue_depth", "Messages waiting in the broker, by queue", labels=["queue"]
     )
-    for queue, depth in broker_queue_depths().items():
+    for queue, depth in depths.items():
         family.add_metric([queue], depth)
-    return family
+    yield family
 
 
 def broker_queue_depths() -> dict[str, int]:

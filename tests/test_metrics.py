@@ -90,6 +90,21 @@ def test_queue_depth_counts_messages_waiting_in_the_broker(client):
     assert depth("emails") == before + 4
 
 
+def test_a_broker_that_does_not_answer_is_a_figure_not_a_failed_scrape(client, private_broker):
+    finished("system.noop", Status.SUCCEEDED, 0.1)
+    assert scrape(client)[("jobsite_broker_up", ())] == 1
+
+    private_broker.pause()
+    try:
+        samples = scrape(client)
+    finally:
+        private_broker.resume()
+
+    assert samples[("jobsite_broker_up", ())] == 0
+    assert not any(name == "jobsite_queue_depth" for name, _ in samples)
+    assert samples[("jobsite_jobs", (("status", "succeeded"), ("type", "system.noop")))] == 1
+
+
 def metrics(live_server, session: requests.Session | None = None, **headers) -> requests.Response:
     return (session or requests).get(f"{live_server.url}/metrics", headers=headers, timeout=10)
 
