@@ -161,7 +161,9 @@ def test_a_sweeper_waits_while_another_holds_the_turn_to_resend(transactional_db
 def test_a_broker_that_is_not_redis_is_not_checked(
     transactional_db, monkeypatch, django_assert_num_queries
 ):
-    monkeypatch.setattr(broker_loss, "app", Celery(broker="amqp://guest@127.0.0.1:1//"))
+    monkeypatch.setattr(
+        broker_loss, "app", Celery(broker="amqp://guest@127.0.0.1:1//", set_as_current=False)
+    )
 
     with django_assert_num_queries(0):
         assert services.resend_after_broker_loss() == 0
@@ -206,10 +208,12 @@ def test_delayed_jobs_a_running_worker_held_run_once_after_the_broker_restarts_e
         broker_url=private_broker.url, sweep_interval=SWEEP_INTERVAL, lock_duration=LOCK_DURATION
     )
     wait_for(lambda: client(private_broker).exists(broker_loss.MARKER_KEY), what="the marker")
+    running = services.enqueue("system.sleep", {"seconds": 2}).job
     run_at = timezone.now() + timedelta(seconds=4)
     jobs = [services.enqueue("system.noop", run_at=run_at).job for _ in range(5)]
     # The worker takes the messages and holds them until their time.
     wait_for(lambda: waiting_messages(private_broker) == [], what="the worker to take them")
+    wait_for(lambda: Job.objects.get(id=running.id).status == Status.RUNNING, what="the sleep")
 
     restart_without_data(private_broker)
 
@@ -218,3 +222,7 @@ def test_delayed_jobs_a_running_worker_held_run_once_after_the_broker_restarts_e
     assert_each_ran_once(jobs)
     assert all(job.started_at >= run_at - timedelta(seconds=1) for job in succeeded)
     assert "Sent 5 queued job(s) again" in worker.log()
+    # The running job was not sent again: its worker finished it.
+    wait_for(lambda: Job.objects.get(id=running.id).status == Status.SUCCEEDED, what="the sleep")
+    assert_each_ran_once([running])
+    assert dispatches(running) == 1
