@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -17,9 +18,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connections, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
+from kombu.exceptions import KombuError
+from redis import RedisError
 from rest_framework import serializers
 
-from . import messages, registry, sql
+from . import broker_loss, messages, registry, sql
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import (
     FINISHED_STATUSES,
@@ -579,9 +582,70 @@ def hand_back(job_ids: Iterable[str], reason: str) -> int:
     return len(handed)
 
 
+def resend_after_broker_loss(now: datetime | None = None, budget: float | None = None) -> int:
+    """Send again the queued jobs dispatched to a broker that has lost its messages
+    since (restarted without its data, flushed, failed over: see jobs/broker_loss.py),
+    JOBS_SWEEP_BATCH at a time for up to `budget` seconds (one sweep interval); the
+    next sweep goes on with what is left. Returns how many were sent."""
+    now = now or timezone.now()
+    budget = max(1.0, settings.JOBS_SWEEP_INTERVAL) if budget is None else budget
+    try:
+        with broker_loss.broker_redis() as client:
+            if client is None:
+                return 0
+            resend_before = broker_loss.resend_due(client, now)
+            if resend_before is None:
+                return 0
+            hold_for = max(settings.JOBS_LOCK_DURATION, 2 * budget)
+            with broker_loss.resend_turn(client, hold_for) as mine:
+                if not mine:
+                    return 0
+                sent, done = _resend_dispatched_before(resend_before, time.monotonic() + budget)
+                if done:
+                    broker_loss.finish_resend(client, resend_before)
+    except (KombuError, RedisError, OSError) as exc:
+        log.warning("Could not check whether the broker lost its messages: %s", exc)
+        return 0
+    if sent:
+        log.warning(
+            "Sent %d queued job(s) again: the broker lost its messages or is a new one "
+            "(restarted without its data, flushed, failed over)",
+            sent,
+        )
+    return sent
+
+
+def _resend_dispatched_before(resend_before: datetime, deadline: float) -> tuple[int, bool]:
+    """Send the queued jobs dispatched before `resend_before` until none is left (True)
+    or `deadline` (time.monotonic) has passed or the broker fails (False)."""
+    sent = 0
+    while True:
+        # Marked dispatched at `resend_before` or later, so no batch is selected again
+        # even on a host whose clock is behind the one that noticed the change.
+        now = max(timezone.now(), resend_before)
+        horizon = now + timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX)
+        batch = list(
+            Job.objects.filter(status=Status.QUEUED, dispatched_at__lt=resend_before)
+            .filter(Q(run_at__isnull=True) | Q(run_at__lte=horizon))
+            .order_by("-priority", "created_at")[: settings.JOBS_SWEEP_BATCH]
+        )
+        if not batch:
+            return sent, True
+        count = dispatch(batch, now=now)
+        sent += count
+        if count < len(batch):
+            return sent, False
+        if len(batch) < settings.JOBS_SWEEP_BATCH:
+            return sent, True
+        if time.monotonic() >= deadline:
+            return sent, False
+
+
 def sweep() -> dict[str, int]:
-    """One pass of both sweepers, as Beat runs it every few seconds."""
-    return {"recovered": recover_stalled(), "dispatched": dispatch_due()}
+    """One pass of the sweepers, as Beat runs it every few seconds. Lost messages are
+    resent first: a job the others send now needs no second message."""
+    resent = resend_after_broker_loss()
+    return {"resent": resent, "recovered": recover_stalled(), "dispatched": dispatch_due()}
 
 
 # --- retention -----------------------------------------------------------------------
