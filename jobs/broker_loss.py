@@ -26,7 +26,7 @@ from datetime import datetime
 
 import redis
 
-from jobsite.celery_app import app
+from .messages import bounded_connection
 
 MARKER_KEY = "jobs:broker-marker"
 RESEND_LOCK_KEY = "jobs:broker-resend-lock"
@@ -60,8 +60,9 @@ return 0
 def broker_redis() -> Iterator[redis.Redis | None]:
     """A client of the broker's Redis (the database its queues are in), or None when
     the broker is not Redis. A connection of its own: one of the app's pool, held
-    while the jobs are resent, would leave one fewer for publishing them."""
-    with app.connection_for_write() as connection:
+    while the jobs are resent, would leave one fewer for publishing them. Bounded like
+    publishing, so a broker that hangs does not hold the sweep."""
+    with bounded_connection() as connection:
         if connection.transport.driver_type != "redis":
             yield None
             return

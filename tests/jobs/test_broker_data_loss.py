@@ -161,9 +161,8 @@ def test_a_sweeper_waits_while_another_holds_the_turn_to_resend(transactional_db
 def test_a_broker_that_is_not_redis_is_not_checked(
     transactional_db, monkeypatch, django_assert_num_queries
 ):
-    monkeypatch.setattr(
-        broker_loss, "app", Celery(broker="amqp://guest@127.0.0.1:1//", set_as_current=False)
-    )
+    amqp = Celery(broker="amqp://guest@127.0.0.1:1//", set_as_current=False)
+    monkeypatch.setattr(broker_loss, "bounded_connection", amqp.connection_for_write)
 
     with django_assert_num_queries(0):
         assert services.resend_after_broker_loss() == 0
