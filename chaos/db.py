@@ -16,11 +16,15 @@ def query(url: str, sql: str, params: tuple = ()) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
-def active_count(url: str) -> int | None:
-    """Queued and running jobs; None while the database does not answer."""
+def active_count(url: str, moved_within: float | None = None) -> int | None:
+    """Queued and running jobs (only those updated within the last `moved_within`
+    seconds, if given); None while the database does not answer."""
+    sql = "SELECT count(*) FROM jobs_job WHERE status IN ('queued', 'running')"
+    params: tuple = ()
+    if moved_within is not None:
+        sql += " AND updated_at > now() - make_interval(secs => %s)"
+        params = (moved_within,)
     try:
-        return query(url, "SELECT count(*) FROM jobs_job WHERE status IN ('queued', 'running')")[0][
-            0
-        ]
+        return query(url, sql, params)[0][0]
     except psycopg.Error:
         return None

@@ -17,6 +17,9 @@ from chaos import db
 MIX = {"noop": 0.55, "sleep": 0.15, "email": 0.2, "retry": 0.1}
 BULK_SIZE = 10
 REQUEST_TIMEOUT = 10.0
+# A job left waiting by a fault does not hold the load back: the backlog counts only jobs
+# that moved (were created, sent, started or updated) this recently.
+STUCK_AFTER = 30.0
 
 
 def email_subject(key: str) -> str:
@@ -128,11 +131,11 @@ class LoadGenerator:
             self._send_until_confirmed(session, [spec for _, spec in batch])
 
     def _hold_back(self, rate: float) -> None:
-        """Keep to the planned rate, and to at most max_backlog jobs in flight."""
+        """Keep to the planned rate, and to at most max_backlog jobs in flight (not stuck)."""
         while not self.stop_requested.is_set():
             elapsed = time.time() - self.result.started
             if self._sent <= rate * elapsed:
-                active = db.active_count(self.database_url)
+                active = db.active_count(self.database_url, moved_within=STUCK_AFTER)
                 if active is None or active < self.config.max_backlog:
                     return
             time.sleep(0.05)
