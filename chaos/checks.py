@@ -171,6 +171,15 @@ def check(
         report.add("create request p99 (s)", round(_percentile(latencies, 99), 3))
         report.add("create request slowest (s)", round(max(latencies), 3))
         report.add("create request median (s)", round(statistics.median(latencies), 3))
+    paused = [
+        r.seconds
+        for r in load.requests
+        if any(f.kind == "pause" and f.began <= r.started <= f.ended for f in faults)
+    ]
+    if paused:
+        p99 = _percentile(paused, 99)
+        # The target: a hung broker never stalls a request.
+        report.add("create request p99 while Redis was paused (s)", round(p99, 3), "<= 1", p99 <= 1)
     return report
 
 
