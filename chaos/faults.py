@@ -58,9 +58,6 @@ class FaultSchedule:
         for thread in self._threads:
             thread.join(timeout=120)
 
-    def kinds_done(self) -> set[str]:
-        return {fault.kind for fault in self.faults}
-
     # --- SIGKILL -------------------------------------------------------------------------
 
     def _kill_loop(self) -> None:
