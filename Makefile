@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench lint format migrate lock clean
+.PHONY: install run test bench chaos lint format migrate lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ bench: install
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The chaos soak: its own PostgreSQL (initdb) and Redis, the Procfile's processes, a mixed
+# load (CHAOS_JOBS, 10,000 by default) under a fault schedule (CHAOS_FAULTS); see the README.
+chaos: install
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	$(BIN)/python -m chaos
 
 lint: install
 	$(BIN)/ruff check .
