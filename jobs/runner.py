@@ -62,15 +62,23 @@ def claim(job_id: str) -> Job | None:
     died while the worker was idle (a database restart) is replaced; while the database
     stays unreachable the claim is tried again for a few seconds, then ClaimFailed.
     """
+    now = timezone.now()
+    tries = 0
+
+    def claim_once() -> Job | None:
+        nonlocal tries
+        tries += 1
+        job = sql.claim(job_id, now, due=now + EARLY_TOLERANCE)
+        if job is None and tries > 1:
+            # A try whose answer was lost with its connection may have claimed it: the
+            # claim's time, written as started_at, tells that run apart.
+            return Job.objects.filter(id=job_id, status=Status.RUNNING, started_at=now).first()
+        return job
+
     try:
-        return while_database_unavailable(lambda: _claim(job_id), f"claiming job {job_id}")
+        return while_database_unavailable(claim_once, f"claiming job {job_id}")
     except (OperationalError, InterfaceError) as exc:
         raise ClaimFailed(f"Could not claim job {job_id}: {exc}") from exc
-
-
-def _claim(job_id: str) -> Job | None:
-    now = timezone.now()
-    return sql.claim(job_id, now, due=now + EARLY_TOLERANCE)
 
 
 def _handle_unclaimable(job_id: str) -> str:

@@ -11,6 +11,7 @@ that wait for it.
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -268,3 +269,44 @@ PeriodicTask.objects.create(
     queue="default",
 )
 """
+
+
+@pytest.fixture
+def silent_database():
+    """A TCP port that accepts connections and never says a word, as a database host
+    that hangs does: only a connect timeout ends the wait."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"postgres://postgres@127.0.0.1:{listener.getsockname()[1]}/jobsite"
+
+
+def test_a_database_that_never_answers_costs_a_request_the_connect_timeout(
+    silent_database, tmp_path
+):
+    broker = EmbeddedRedis(data_dir=tmp_path / "redis", persist=False)
+    broker.start()
+    stack = Stack(
+        database_url=silent_database,
+        redis_url=broker.url,
+        log_dir=tmp_path / "logs",
+        workers=[],
+        beats=0,
+        env={"DATABASE_CONNECT_TIMEOUT": "2"},
+    )
+    try:
+        stack.start(migrate=False)
+        anonymous = Api(stack.url, token=None)
+        anonymous.session.cookies.set("sessionid", "a-session-the-database-would-know")
+        sign_in, _ = call(anonymous, "POST", "/api/auth/token/", username="a", password="b")
+        page, _ = call(anonymous, "GET", "/reports/")
+        health, _ = call(anonymous, "GET", "/health/")
+    finally:
+        stack.stop()
+        broker.stop()
+
+    assert (sign_in.status, sign_in.code) == (503, "database_unavailable")
+    assert page.status == 503
+    assert (health.status, health.content_type) == (503, "application/json")
+    for answer in (sign_in, page, health):
+        assert 2 <= answer.took < ANSWER_WITHIN, answer
