@@ -6,7 +6,8 @@ A database error can surface anywhere in a request: in a view, in DRF's authenti
 (the JWT's user lookup), in a middleware (the session saved on the way out). DRF's
 exception handler answers for the API views (`jobsite.api.exception_handler`);
 everything else ends in Django's 500 handler, `server_error` here, which Django calls
-while the exception is still being handled.
+while the exception is still being handled. (With DJANGO_DEBUG on, Django shows its
+debug page there instead; the API views still answer 503 JSON.)
 """
 
 from __future__ import annotations
