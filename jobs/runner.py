@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
@@ -21,6 +23,13 @@ log = logging.getLogger(__name__)
 
 # A message may arrive a little before its ETA when clocks differ between hosts.
 EARLY_TOLERANCE = timedelta(seconds=1)
+
+T = TypeVar("T")
+
+
+class ClaimFailed(Exception):
+    """The database stayed unreachable while claiming the job: the job was not taken,
+    and its message goes back to the queue."""
 
 
 def execute(job_id: str) -> str:
@@ -50,21 +59,26 @@ def claim(job_id: str) -> Job | None:
 
     The claim also writes the `started` event. On PostgreSQL the UPDATE, the event and
     reading the row back are one statement; elsewhere they are three. A connection that
-    died while the worker was idle (a database restart) is replaced once.
+    died while the worker was idle (a database restart) is replaced; while the database
+    stays unreachable the claim is tried again for a few seconds, then ClaimFailed.
     """
-    try:
-        return _claim(job_id)
-    except (OperationalError, InterfaceError):
-        if connection.in_atomic_block:
-            raise
-        log.warning("Database connection lost; claiming on a new one", exc_info=True)
-        connection.close()
-        return _claim(job_id)
-
-
-def _claim(job_id: str) -> Job | None:
     now = timezone.now()
-    return sql.claim(job_id, now, due=now + EARLY_TOLERANCE)
+    tries = 0
+
+    def claim_once() -> Job | None:
+        nonlocal tries
+        tries += 1
+        job = sql.claim(job_id, now, due=now + EARLY_TOLERANCE)
+        if job is None and tries > 1:
+            # A try whose answer was lost with its connection may have claimed it: the
+            # claim's time, written as started_at, tells that run apart.
+            return Job.objects.filter(id=job_id, status=Status.RUNNING, started_at=now).first()
+        return job
+
+    try:
+        return while_database_unavailable(claim_once, f"claiming job {job_id}")
+    except (OperationalError, InterfaceError) as exc:
+        raise ClaimFailed(f"Could not claim job {job_id}: {exc}") from exc
 
 
 def _handle_unclaimable(job_id: str) -> str:
@@ -91,7 +105,15 @@ def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fie
         Status.FAILED: EventKind.FAILED,
         Status.CANCELLED: EventKind.CANCELLED,
     }[status]
-    if not sql.finish(job, status, kind, result=result, error=error, **fields):
+    ended = while_database_unavailable(
+        lambda: sql.finish(job, status, kind, result=result, error=error, **fields),
+        f"recording that job {job.id} {status}",
+    )
+    if not ended:
+        if _already_ended_as(job, status):
+            # A try whose answer was lost with its connection did record it.
+            log.info("Job %s", status)
+            return status
         log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
         return "lost"
     log.info("Job %s", status)
@@ -122,7 +144,11 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
         message=f"{error[:400]} — retry in {delay:g}s",
         attempt=job.attempts,
     )
-    if not sql.update_recording(sql.held(job), changes, event):
+    rescheduled = while_database_unavailable(
+        lambda: sql.update_recording(sql.held(job), changes, event),
+        f"scheduling a retry of job {job.id}",
+    )
+    if not rescheduled:
         return "lost"
     log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts, delay, error)
     if delay <= settings.JOBS_BROKER_DELAY_MAX:
@@ -132,3 +158,31 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
         job.run_at = run_at
         dispatch([job])
     return "retry"
+
+
+def _already_ended_as(job: Job, status: str) -> bool:
+    return Job.objects.filter(id=job.id, attempts=job.attempts, status=status).exists()
+
+
+def while_database_unavailable(write: Callable[[], T], what: str) -> T:
+    """Run `write`; while the database cannot be reached (restarting, failing over),
+    run it again on a new connection after a short pause, for up to
+    JOBS_DATABASE_RETRY_SECONDS (at most a quarter of the lock duration, so the job's
+    lock outlives the waiting), then let the error through.
+
+    Only writes fenced on the row state they expect are run this way: one that did
+    commit before its connection dropped matches nothing the second time.
+    """
+    window = min(settings.JOBS_DATABASE_RETRY_SECONDS, settings.JOBS_LOCK_DURATION / 4)
+    deadline = time.monotonic() + window
+    pause = 0.1
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block or time.monotonic() + pause > deadline:
+                raise
+            log.warning("Database unavailable while %s (%s); trying again", what, exc)
+            connection.close()
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import (
     task_postrun,
     worker_ready,
@@ -27,7 +28,12 @@ _tasks: dict[str, Task] = {}
 
 def make_task(jt: JobType) -> Task:
     def run(job_id: str) -> str:
-        return runner.execute(job_id)
+        try:
+            return runner.execute(job_id)
+        except runner.ClaimFailed as exc:
+            # Not taken: back to the queue for when the database answers again.
+            log.warning("%s; message requeued", exc)
+            raise Reject(exc, requeue=True) from exc
 
     run.__name__ = run.__qualname__ = jt.name.replace(".", "_")
     task = app.task(

@@ -11,9 +11,13 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from .unavailable import is_database_unavailable, unavailable_response
 
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
     """Every API error is JSON: {"detail": message, "code": code, "errors": {field: [...]}}."""
+    if is_database_unavailable(exc):
+        return unavailable_response(context["request"], exc)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"detail": "Request body is too large.", "code": "request_too_large"},

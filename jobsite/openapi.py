@@ -1,5 +1,5 @@
 """The OpenAPI schema's error answers: every operation documents the project's JSON error
-format (jobsite/api.py) for the 4xx statuses it can give, so clients and the schema fuzz
+format (jobsite/api.py) for the error statuses it can give, so clients and the schema fuzz
 test know every answer the API may send."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ ERROR_DESCRIPTIONS = {
     "413": "The request body is too large.",
     "415": "The request body is not of a media type this operation reads.",
     "429": "Too many requests; retry after the `Retry-After` header's seconds.",
+    "503": "The database is unavailable (`database_unavailable`); retry after the "
+    "`Retry-After` header's seconds.",
 }
 UNSAFE_METHODS = {"post", "put", "patch", "delete"}
 HTTP_METHODS = {"get", "head", "options", *UNSAFE_METHODS}
@@ -48,12 +50,12 @@ def document_errors(result: dict[str, Any], generator, request, public) -> dict[
 
 
 def error_statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
-    """The 4xx statuses an operation can answer, from what it takes: any may be refused
-    credentials, permission or rate; objects named in the path or a page past the end
-    may not exist; input may be invalid, too large or of the wrong type; an unsafe
-    request may meet an object in the wrong state."""
+    """The error statuses an operation can answer, from what it takes: any may be refused
+    credentials, permission or rate, or find the database down; objects named in the
+    path or a page past the end may not exist; input may be invalid, too large or of the
+    wrong type; an unsafe request may meet an object in the wrong state."""
     parameters = {p.get("name") for p in operation.get("parameters", [])}
-    statuses = ["401", "403", "429"]
+    statuses = ["401", "403", "429", "503"]
     if "{" in path or parameters & PAGE_PARAMETERS:
         statuses.append("404")
     if parameters or "requestBody" in operation or method in UNSAFE_METHODS:

@@ -123,6 +123,10 @@ else:
         DATABASES["default"]["TEST"] = {"NAME": env("DATABASE_TEST_NAME")}
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A database that does not answer fails the request (503) in seconds, not minutes.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -386,6 +390,10 @@ CELERY_BEAT_SCHEDULE = beat_schedule(JOBS_SCHEDULES)
 # A running job whose heartbeat is older than this returns to the queue.
 JOBS_LOCK_DURATION = env.float("JOBS_LOCK_DURATION", default=60.0)
 JOBS_MAX_STALLED = env.int("JOBS_MAX_STALLED", default=2)
+# While the database is unreachable, a worker retries claiming a job and recording its
+# end for this many seconds (at most a quarter of JOBS_LOCK_DURATION); then the message
+# goes back to the queue, or the job, still running, is recovered when its lock expires.
+JOBS_DATABASE_RETRY_SECONDS = env.float("JOBS_DATABASE_RETRY_SECONDS", default=10.0)
 # A queued job whose message was sent this long ago and still has not started is
 # sent again (the broker may have lost it); duplicates are dropped at claim.
 JOBS_REDISPATCH_AFTER = env.float("JOBS_REDISPATCH_AFTER", default=300.0)

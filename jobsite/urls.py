@@ -21,6 +21,8 @@ api_patterns = [
 
 # A URL no pattern matches gets a JSON 404 under /api/, as every other API error.
 handler404 = "jobsite.api.not_found"
+# While the database is down: a 503 (JSON under /api/), not a 500 page.
+handler500 = "jobsite.unavailable.server_error"
 
 urlpatterns = [
     path("admin/", admin.site.urls),

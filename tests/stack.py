@@ -343,7 +343,7 @@ def _with_concurrency(command: str, concurrency: int | None) -> str:
 
 def _answers(url: str) -> bool:
     try:
-        requests.get(url, timeout=5)  # 503 until a worker's first heartbeat: still up
+        requests.get(url, timeout=10)  # 503 until a worker's first heartbeat: still up
     except requests.RequestException:
         return False
     return True
