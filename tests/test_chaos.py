@@ -16,11 +16,7 @@ pytestmark = [
     pytest.mark.skipif(postgres_bin_dir() is None, reason="no PostgreSQL server installed"),
 ]
 
-# The faults every job recovers from within the drain deadline today. A SIGKILLed worker
-# main process, Redis paused or restarted (with or without its data) and PostgreSQL
-# restarted leave some jobs waiting for JOBS_REDISPATCH_AFTER (300 s); `make chaos`
-# shows them, and they join this list once jobs recover from them promptly.
-FAULTS = ("kill", "two-beats", "sigterm")
+FAULTS = ("kill", "pause", "redis-restart", "redis-flush", "pg-restart", "two-beats", "sigterm")
 KILL_TARGETS = ("pool",)
 
 
