@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
+from django.conf import settings as django_settings
 
 from jobs import services
 from tests.support import ROOT, free_port, wait_for
@@ -117,3 +119,50 @@ def test_flower_shows_jobs_under_their_type_names(flower, worker):
         what="flower to show the job's task succeeded",
     )
     assert listed_task()["worker"].startswith(worker.name)
+
+
+def test_flower_follows_the_workers_again_after_the_broker_hung(
+    tmp_path, database_url, start_worker, private_broker
+):
+    worker = start_worker(broker_url=private_broker.url)
+    process, port = start_flower(
+        tmp_path,
+        database_url,
+        FLOWER_BASIC_AUTH=":".join(AUTH),
+        CELERY_BROKER_URL=private_broker.url,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url), timeout=30, what="flower to answer")
+        # Longer than the consumers' socket timeout: Flower's and the worker's broker
+        # connections break, and both must connect again by themselves.
+        private_broker.pause()
+        time.sleep(django_settings.CELERY_BROKER_TRANSPORT_OPTIONS["socket_timeout"] + 2)
+        private_broker.resume()
+
+        job = services.enqueue("system.noop").job
+        wait_for(
+            lambda: _task_state(url, str(job.id)) == "SUCCESS",
+            timeout=60,
+            what="flower to show a job run after the broker came back",
+        )
+        assert worker.name in _task(url, str(job.id))["worker"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 401
+    except requests.ConnectionError:
+        return False
+
+
+def _task(url: str, job_id: str) -> dict:
+    tasks = requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5).json()
+    return next((t for t in tasks.values() if job_id in (t.get("args") or "")), {})
+
+
+def _task_state(url: str, job_id: str) -> str | None:
+    return _task(url, job_id).get("state")
