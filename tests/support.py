@@ -65,7 +65,8 @@ def wait_for_worker_sessions_to_close(timeout: float = 10) -> None:
     def worker_sessions() -> int:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
                 [WORKER_APPLICATION_NAME],
             )
             return cursor.fetchone()[0]
