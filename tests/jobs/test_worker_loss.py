@@ -5,18 +5,18 @@ visibility timeout or JOBS_REDISPATCH_AFTER (300 s)."""
 import os
 import signal
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis
+from celery import Celery
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import services
-from jobs.models import EventKind, Job, JobEvent, Status
+from jobs import services, worker_loss
+from jobs.models import EventKind, Job, JobEvent, Status, WorkerHeartbeat
+from jobsite.celery_app import app
 from tests.support import WorkerProcess, wait_for
-
-pytestmark = pytest.mark.worker
 
 WAITING = 3  # with concurrency 1 and prefetch multiplier 4: taken while the first job runs
 # Far below JOBS_REDISPATCH_AFTER, with room for starting a worker on busy cores.
@@ -83,6 +83,7 @@ def kill_main_process(worker: WorkerProcess) -> None:
         pass
 
 
+@pytest.mark.worker
 def test_jobs_a_killed_worker_took_ahead_run_at_once_when_it_restarts(private_broker, start_worker):
     client = broker_client(private_broker)
     worker = start_worker(broker_url=private_broker.url, concurrency=1)
@@ -96,6 +97,7 @@ def test_jobs_a_killed_worker_took_ahead_run_at_once_when_it_restarts(private_br
     assert settings.JOBS_REDISPATCH_AFTER == 300
 
 
+@pytest.mark.worker
 def test_jobs_a_dead_worker_took_ahead_are_put_back_by_the_sweeper_of_another(
     private_broker, start_worker
 ):
@@ -111,6 +113,7 @@ def test_jobs_a_dead_worker_took_ahead_are_put_back_by_the_sweeper_of_another(
     wait_for(lambda: held_by(client, doomed) == 0, timeout=10, what="its index to be emptied")
 
 
+@pytest.mark.worker
 def test_delayed_jobs_a_worker_held_run_once_its_broker_connection_is_back(
     private_broker, start_worker
 ):
@@ -138,3 +141,114 @@ def test_delayed_jobs_a_worker_held_run_once_its_broker_connection_is_back(
     assert "Connection to broker lost" in worker.log()
     for job in Job.objects.filter(id__in=[j.id for j in delayed]):
         assert job.started_at >= run_at
+
+
+# --- the sweeper, in this process ----------------------------------------------------
+
+
+def take(hostname: str, count: int, index: str | None = None) -> None:
+    """Take `count` messages from the default queue as worker `hostname`'s consumer
+    does, and vanish holding them, as a killed worker would."""
+    connection = app.connection_for_read()
+    if index is None:
+        worker_loss.use_own_index(connection, hostname)
+    else:
+        connection.transport_options["unacked_index_key"] = index
+    channel = connection.default_channel
+    for _ in range(count):
+        assert channel.basic_get("default", no_ack=False) is not None
+    channel.qos.restore_at_shutdown = False
+    connection.release()
+
+
+def waiting(client: redis.Redis) -> int:
+    return sum(client.llen(key) for key in client.scan_iter(_type="list"))
+
+
+def beat(hostname: str, at: datetime) -> None:
+    """Worker `hostname`'s liveness heartbeat, last written `at`."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname, defaults={"pid": 1, "started_at": at, "seen_at": at}
+    )
+
+
+def test_the_sweeper_puts_back_what_workers_without_a_fresh_heartbeat_took(
+    transactional_db, private_broker, settings
+):
+    client = broker_client(private_broker)
+    for _ in range(6):
+        services.enqueue("system.noop")
+    take("alive@host", 2)
+    take("dead@host", 3)
+    take("stopped@host", 1)  # no heartbeat row: a clean stop deletes it
+    now = timezone.now()
+    beat("alive@host", at=now)
+    beat("dead@host", at=now)
+    assert waiting(client) == 0
+    assert services.restore_from_lost_workers() == 0  # "stopped" took its own just now
+
+    later = now + timedelta(seconds=settings.WORKER_HEARTBEAT_TIMEOUT + 1)
+    beat("alive@host", at=later)
+    assert services.restore_from_lost_workers(now=later) == 4
+
+    assert waiting(client) == 4
+    assert client.hlen("unacked") == 2
+    with worker_loss.broker_channel() as channel:
+        assert worker_loss.indexed_workers(channel) == ["alive@host"]
+    assert services.restore_from_lost_workers(now=later) == 0
+
+
+def test_the_sweeper_leaves_what_a_worker_took_after_its_heartbeat_went_stale(
+    transactional_db, private_broker, settings
+):
+    # A new process under the same hostname, before its first heartbeat: what it takes
+    # is its own.
+    client = broker_client(private_broker)
+    services.enqueue("system.noop")
+    timeout = timedelta(seconds=settings.WORKER_HEARTBEAT_TIMEOUT)
+    beat("restarted@host", at=timezone.now() - timeout - timedelta(seconds=5))
+    take("restarted@host", 1)
+
+    assert services.restore_from_lost_workers() == 0
+    assert client.zcard(worker_loss.index_key("restarted@host")) == 1
+
+
+def test_the_sweeper_puts_back_old_messages_of_the_shared_index(
+    transactional_db, private_broker, settings
+):
+    client = broker_client(private_broker)
+    for _ in range(2):
+        services.enqueue("system.noop")
+    take("", 2, index=worker_loss.SHARED_INDEX)
+
+    assert services.restore_from_lost_workers() == 0
+    later = timezone.now() + timedelta(seconds=settings.WORKER_HEARTBEAT_TIMEOUT + 1)
+    assert services.restore_from_lost_workers(now=later) == 2
+    assert waiting(client) == 2
+    assert client.hlen("unacked") == 0
+
+
+def test_a_sweeper_leaves_the_messages_while_another_puts_them_back(
+    transactional_db, private_broker
+):
+    services.enqueue("system.noop")
+    take("dead@host", 1)
+
+    with worker_loss.broker_channel() as channel:
+        with worker_loss.restore_turn(channel, hold_for=10) as mine:
+            assert mine
+            assert services.restore_from_lost_workers() == 0
+    assert services.restore_from_lost_workers() == 0  # taken just now, no row yet
+    later = timezone.now() + timedelta(seconds=60)
+    assert services.restore_from_lost_workers(now=later) == 1
+    assert services.restore_from_lost_workers(now=later) == 0
+
+
+def test_a_broker_that_is_not_redis_has_no_indexes(
+    transactional_db, monkeypatch, django_assert_num_queries
+):
+    amqp = Celery(broker="amqp://guest@127.0.0.1:1//", set_as_current=False)
+    monkeypatch.setattr(worker_loss, "bounded_connection", amqp.connection_for_write)
+
+    with django_assert_num_queries(0):
+        assert services.restore_from_lost_workers() == 0
