@@ -13,7 +13,7 @@ from celery import Celery
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import services, worker_loss
+from jobs import broker_loss, services, worker_loss
 from jobs.models import EventKind, Job, JobEvent, Status, WorkerHeartbeat
 from jobsite.celery_app import app
 from tests.support import WorkerProcess, wait_for
@@ -27,6 +27,12 @@ QUICK_HEARTBEATS = {"WORKER_HEARTBEAT_INTERVAL": "0.5", "WORKER_HEARTBEAT_TIMEOU
 
 def broker_client(private_broker) -> redis.Redis:
     return redis.Redis.from_url(private_broker.url)
+
+
+def settled(client: redis.Redis) -> None:
+    """Wait for the first sweep to have seen the test's new broker, after which it
+    sends nothing again (jobs/broker_loss.py)."""
+    wait_for(lambda: client.exists(broker_loss.MARKER_KEY), what="the first sweep")
 
 
 def held_by(client: redis.Redis, worker: WorkerProcess) -> int:
@@ -87,6 +93,7 @@ def kill_main_process(worker: WorkerProcess) -> None:
 def test_jobs_a_killed_worker_took_ahead_run_at_once_when_it_restarts(private_broker, start_worker):
     client = broker_client(private_broker)
     worker = start_worker(broker_url=private_broker.url, concurrency=1)
+    settled(client)
     waiting = hold_waiting_jobs(client, worker, seconds=60)
 
     kill_main_process(worker)
@@ -103,6 +110,7 @@ def test_jobs_a_dead_worker_took_ahead_are_put_back_by_the_sweeper_of_another(
 ):
     client = broker_client(private_broker)
     doomed = start_worker(broker_url=private_broker.url, concurrency=1, env=QUICK_HEARTBEATS)
+    settled(client)
     waiting = hold_waiting_jobs(client, doomed, seconds=60)
     start_worker(broker_url=private_broker.url, env=QUICK_HEARTBEATS)
 
@@ -119,6 +127,7 @@ def test_delayed_jobs_a_worker_held_run_once_its_broker_connection_is_back(
 ):
     client = broker_client(private_broker)
     worker = start_worker(broker_url=private_broker.url, concurrency=1)
+    settled(client)
     run_at = timezone.now() + timedelta(seconds=4)
     delayed = [services.enqueue("system.noop", run_at=run_at).job for _ in range(WAITING)]
     # Sent with their time (ETA): the worker holds them, unacknowledged, until then.
