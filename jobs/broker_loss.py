@@ -90,15 +90,23 @@ def finish_resend(client: redis.Redis, resend_before: datetime) -> None:
 def resend_turn(client: redis.Redis, hold_for: float) -> Iterator[bool]:
     """True while this sweeper holds the turn to resend (for at most `hold_for`
     seconds, in case it dies holding it); False when another sweeper does."""
+    with held_turn(client, RESEND_LOCK_KEY, hold_for) as mine:
+        yield mine
+
+
+@contextmanager
+def held_turn(client: redis.Redis, key: str, hold_for: float) -> Iterator[bool]:
+    """True while this process holds the lock `key` (for at most `hold_for` seconds, in
+    case it dies holding it); False when another process does."""
     token = uuid.uuid4().hex
-    if not client.set(RESEND_LOCK_KEY, token, nx=True, px=max(1, int(hold_for * 1000))):
+    if not client.set(key, token, nx=True, px=max(1, int(hold_for * 1000))):
         yield False
         return
     try:
         yield True
     finally:
         release = client.register_script(_RELEASE_LOCK)
-        release(keys=[RESEND_LOCK_KEY], args=[token], client=client)
+        release(keys=[key], args=[token], client=client)
 
 
 def _text(value: bytes | str) -> str:

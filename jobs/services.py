@@ -22,7 +22,7 @@ from kombu.exceptions import KombuError
 from redis import RedisError
 from rest_framework import serializers
 
-from . import broker_loss, messages, registry, sql
+from . import broker_loss, messages, registry, sql, worker_loss
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import (
     FINISHED_STATUSES,
@@ -32,6 +32,7 @@ from .models import (
     JobEvent,
     Priority,
     Status,
+    WorkerHeartbeat,
 )
 from .visibility import one_line_error
 
@@ -641,11 +642,65 @@ def _resend_dispatched_before(resend_before: datetime, deadline: float) -> tuple
             return sent, False
 
 
+def restore_from_lost_workers(now: datetime | None = None) -> int:
+    """Put back in their queues the messages that workers which stopped writing their
+    liveness heartbeat had taken and not finished (see jobs/worker_loss.py), at most
+    JOBS_SWEEP_BATCH per worker per sweep. Returns how many were put back."""
+    now = now or timezone.now()
+    try:
+        with worker_loss.broker_channel() as channel:
+            if channel is None:
+                return 0
+            hold_for = max(2.0, 2 * settings.JOBS_SWEEP_INTERVAL)
+            with worker_loss.restore_turn(channel, hold_for) as mine:
+                if not mine:
+                    return 0
+                restored = sum(
+                    worker_loss.restore(channel, index, before, limit=settings.JOBS_SWEEP_BATCH)
+                    for index, before in _indexes_of_lost_workers(channel, now)
+                )
+    except (KombuError, RedisError, OSError) as exc:
+        log.warning("Could not put back the messages of lost workers: %s", exc)
+        return 0
+    if restored:
+        log.warning("Put back %d message(s) taken by workers that stopped", restored)
+    return restored
+
+
+def _indexes_of_lost_workers(channel, now: datetime) -> list[tuple[str, float]]:
+    """(index, delivered before) of each worker with no fresh heartbeat: what it took
+    before its heartbeat went stale, or, with no heartbeat row (never written, or
+    deleted by a clean stop), what is older than the timeout. Deliveries after that are
+    a new process's under the same hostname, not yet beating."""
+    timeout = timedelta(seconds=settings.WORKER_HEARTBEAT_TIMEOUT)
+    hostnames = worker_loss.indexed_workers(channel)
+    seen = dict(
+        WorkerHeartbeat.objects.filter(hostname__in=hostnames).values_list("hostname", "seen_at")
+    )
+    lost = []
+    for hostname in hostnames:
+        seen_at = seen.get(hostname)
+        if seen_at is None:
+            lost.append((worker_loss.index_key(hostname), (now - timeout).timestamp()))
+        elif seen_at < now - timeout:
+            lost.append((worker_loss.index_key(hostname), (seen_at + timeout).timestamp()))
+    # Workers from before per-worker indexes: what they held longer than the timeout.
+    lost.append((worker_loss.SHARED_INDEX, (now - timeout).timestamp()))
+    return lost
+
+
 def sweep() -> dict[str, int]:
     """One pass of the sweepers, as Beat runs it every few seconds. Lost messages are
-    resent first: a job the others send now needs no second message."""
+    resent first: a job the others send now needs no second message; then the
+    messages lost workers held go back to their queues."""
     resent = resend_after_broker_loss()
-    return {"resent": resent, "recovered": recover_stalled(), "dispatched": dispatch_due()}
+    restored = restore_from_lost_workers()
+    return {
+        "resent": resent,
+        "restored": restored,
+        "recovered": recover_stalled(),
+        "dispatched": dispatch_due(),
+    }
 
 
 # --- retention -----------------------------------------------------------------------

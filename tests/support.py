@@ -241,6 +241,8 @@ class WorkerProcess:
         return args
 
     def start(self, timeout: float = 60) -> None:
+        """Start the worker (again, after it stopped: same name, so the same hostname)."""
+        ready_before = self.log().count(" ready.")
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.command(),
@@ -253,7 +255,7 @@ class WorkerProcess:
         )
         log.close()
         wait_for(
-            lambda: " ready." in self.log() or self.process.poll() is not None,
+            lambda: self.log().count(" ready.") > ready_before or self.process.poll() is not None,
             timeout=timeout,
             what=f"worker {self.name} to be ready",
         )
