@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from .errors import JobCancelled, JobLost, PermanentError
 from .models import EventKind, Job, JobEffect, JobEvent, Status
+from .outages import while_database_unavailable
 
 MILESTONES = (25, 50, 75)
 
@@ -39,30 +40,43 @@ class JobContext:
         """Record progress and stop here if cancellation was requested.
 
         One UPDATE both writes the progress and proves the job is still ours and not
-        being cancelled; only when it matches nothing do we read why.
+        being cancelled; only when it matches nothing do we read why. While the
+        database restarts the write is tried again for a moment rather than failing
+        the attempt (writing the same progress twice is harmless).
         """
         percent = max(0, min(100, int(percent)))
+        passed = [m for m in MILESTONES if self._progress < m <= percent]
+        held = while_database_unavailable(
+            lambda: self._write_progress(percent, message, passed),
+            f"recording progress of job {self.job.id}",
+        )
+        if not held:
+            self._raise_why_not_held()
+        self._progress = percent
+
+    def _write_progress(self, percent: int, message: str, passed: list[int]) -> bool:
         now = timezone.now()
         updated = (
             self._held()
             .filter(cancel_requested=False)
             .update(progress=percent, message=message[:255], heartbeat_at=now, updated_at=now)
         )
-        if not updated:
-            self._raise_why_not_held()
-        passed = [m for m in MILESTONES if self._progress < m <= percent]
-        if passed:
+        if updated and passed:
             JobEvent.objects.create(
                 job_id=self.job.id,
                 kind=EventKind.PROGRESS,
                 message=f"{passed[-1]}% {message}".strip()[:500],
                 attempt=self.job.attempts,
             )
-        self._progress = percent
+        return bool(updated)
 
     def check_cancelled(self) -> None:
         """A checkpoint without progress: stop here if cancellation was requested."""
-        if not self._held().filter(cancel_requested=False).exists():
+        held = while_database_unavailable(
+            lambda: self._held().filter(cancel_requested=False).exists(),
+            f"checking job {self.job.id} for cancellation",
+        )
+        if not held:
             self._raise_why_not_held()
 
     def _raise_why_not_held(self) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 import traceback
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from . import heartbeats, registry, sql
@@ -18,6 +16,7 @@ from .context import JobContext
 from .errors import JobCancelled, JobLost, PermanentError
 from .logging import job_log_context
 from .models import EventKind, Job, JobEvent, Status
+from .outages import while_database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -162,27 +161,3 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
 
 def _already_ended_as(job: Job, status: str) -> bool:
     return Job.objects.filter(id=job.id, attempts=job.attempts, status=status).exists()
-
-
-def while_database_unavailable(write: Callable[[], T], what: str) -> T:
-    """Run `write`; while the database cannot be reached (restarting, failing over),
-    run it again on a new connection after a short pause, for up to
-    JOBS_DATABASE_RETRY_SECONDS (at most a quarter of the lock duration, so the job's
-    lock outlives the waiting), then let the error through.
-
-    Only writes fenced on the row state they expect are run this way: one that did
-    commit before its connection dropped matches nothing the second time.
-    """
-    window = min(settings.JOBS_DATABASE_RETRY_SECONDS, settings.JOBS_LOCK_DURATION / 4)
-    deadline = time.monotonic() + window
-    pause = 0.1
-    while True:
-        try:
-            return write()
-        except (OperationalError, InterfaceError) as exc:
-            if connection.in_atomic_block or time.monotonic() + pause > deadline:
-                raise
-            log.warning("Database unavailable while %s (%s); trying again", what, exc)
-            connection.close()
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
