@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import requests
 from django.contrib.auth import get_user_model
 from kombu import pools
 
@@ -15,6 +14,7 @@ from tests.support import (
     Api,
     SmtpSink,
     WorkerProcess,
+    access_token,
     test_database_url,
     wait_for_worker_sessions_to_close,
 )
@@ -42,13 +42,7 @@ def staff_user(transactional_db):
 
 
 def _token_for(base_url: str, username: str) -> str:
-    response = requests.post(
-        f"{base_url}/api/auth/token/",
-        json={"username": username, "password": PASSWORD},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return response.json()["access"]
+    return access_token(base_url, username, PASSWORD)
 
 
 @pytest.fixture

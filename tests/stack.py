@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 
 from jobsite.embedded_redis import free_port
-from tests.support import ROOT, Api, SmtpSink, _group_alive, wait_for
+from tests.support import ROOT, Api, SmtpSink, _group_alive, access_token, wait_for
 
 PROCFILE = ROOT / "Procfile"
 BIN_DIR = Path(sys.executable).parent
@@ -307,13 +307,7 @@ class Stack:
         )
 
     def token(self, username: str, password: str) -> str:
-        response = requests.post(
-            f"{self.url}/api/auth/token/",
-            json={"username": username, "password": password},
-            timeout=10,
-        )
-        response.raise_for_status()
-        return response.json()["access"]
+        return access_token(self.url, username, password)
 
     def api(self, username: str = "alice", staff: bool = False) -> Api:
         """A new user signed in with a JWT: an `Api` client on the stack's web server."""

@@ -77,6 +77,17 @@ def wait_for_worker_sessions_to_close(timeout: float = 10) -> None:
 test_database_url.__test__ = False  # not a test, despite its name
 
 
+def access_token(base_url: str, username: str, password: str) -> str:
+    """An API access token for `username`, from the token endpoint."""
+    response = requests.post(
+        f"{base_url}/api/auth/token/",
+        json={"username": username, "password": password},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()["access"]
+
+
 class Api:
     """requests against the live server, with a bearer token and JSON by default."""
 
