@@ -420,12 +420,12 @@ def rolled_back(action: Callable[[], Any]) -> Any:
 
 
 def sweepers() -> dict[str, Callable[[], Any]]:
-    from jobs import services
+    from jobs import retention, sweepers
 
     return {
-        "dispatch_due": services.dispatch_due,
-        "recover_stalled": services.recover_stalled,
-        "purge_finished": services.purge_finished,
+        "dispatch_due": sweepers.dispatch_due,
+        "recover_stalled": sweepers.recover_stalled,
+        "purge_finished": retention.purge_finished,
     }
 
 

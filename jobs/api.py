@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connections
 from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -20,9 +18,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import registry, services, visibility
+from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
+
+from . import queries, registry, services, visibility
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import RETRYABLE_STATUSES, Job, JobEvent, Priority, Status
+from .store import job_store
 
 PRIORITY_NAMES = [p.label for p in Priority]
 # Priorities above normal are for staff.
@@ -123,8 +124,6 @@ class JobStatusSerializer(serializers.Serializer):
     message = serializers.CharField()
     updated_at = serializers.DateTimeField()
 
-
-STATUS_FIELDS = list(JobStatusSerializer._declared_fields)
 
 # One instance of each response serializer, its fields built once: building them for
 # every response cost more than the rest of the view (a ModelSerializer reads the model
@@ -240,11 +239,8 @@ def _duration(delta: timedelta) -> str:
     return f"{int(delta.total_seconds())} seconds"
 
 
-def _conflict(exc: Exception, code: str, job: Job) -> Response:
-    return Response(
-        {"detail": str(exc), "code": code, "job_id": str(job.id), "status": job.status},
-        status=status.HTTP_409_CONFLICT,
-    )
+def _job_conflict(exc: IdempotencyConflict | InvalidTransition, code: str) -> Response:
+    return conflict(str(exc), code, job_id=str(exc.job.id), status=exc.job.status)
 
 
 class TooManyActiveJobsSerializer(serializers.Serializer):
@@ -283,7 +279,7 @@ class JobViewSet(viewsets.GenericViewSet):
         return Job.objects.visible_to(self.request.user).select_related("owner")
 
     def get_object(self) -> Job:
-        return get_object_or_404(self.get_queryset(), id=_job_id_or_404(self.kwargs["pk"]))
+        return get_object_or_404(self.get_queryset(), id=uuid_or_404(self.kwargs["pk"]))
 
     @extend_schema(
         parameters=[
@@ -347,7 +343,7 @@ class JobViewSet(viewsets.GenericViewSet):
                 run_at=spec.run_at,
             )
         except IdempotencyConflict as exc:
-            return _conflict(exc, "idempotency_conflict", exc.job)
+            return _job_conflict(exc, "idempotency_conflict")
         code = status.HTTP_202_ACCEPTED if outcome.created else status.HTTP_200_OK
         return Response(job_data(outcome.job, request.user), status=code)
 
@@ -380,7 +376,7 @@ class JobViewSet(viewsets.GenericViewSet):
         try:
             outcomes = services.enqueue_many(specs, owner=request.user)
         except IdempotencyConflict as exc:
-            return _conflict(exc, "idempotency_conflict", exc.job)
+            return _job_conflict(exc, "idempotency_conflict")
         return Response(
             {
                 "created": sum(o.created for o in outcomes),
@@ -399,7 +395,7 @@ class JobViewSet(viewsets.GenericViewSet):
     @extend_schema(responses={200: JobStatusSerializer, 304: None})
     @action(detail=True, methods=["get"])
     def status(self, request: Request, pk: str) -> Response:
-        row = status_row(request.user, _job_id_or_404(pk))
+        row = status_row(request.user, uuid_or_404(pk))
         if row is None:
             raise Http404
         etag = etag_for(row)
@@ -417,7 +413,7 @@ class JobViewSet(viewsets.GenericViewSet):
         try:
             job = services.cancel(job)
         except InvalidTransition as exc:
-            return _conflict(exc, "not_cancellable", exc.job)
+            return _job_conflict(exc, "not_cancellable")
         return Response(job_data(job, request.user))
 
     @extend_schema(request=None, responses={200: JobSerializer})
@@ -438,13 +434,13 @@ class JobViewSet(viewsets.GenericViewSet):
         try:
             job = services.retry(job)
         except InvalidTransition as exc:
-            return _conflict(exc, "not_retryable", exc.job)
+            return _job_conflict(exc, "not_retryable")
         return Response(job_data(job, request.user), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=JobStatsSerializer)
     @action(detail=False, methods=["get"])
     def stats(self, request: Request) -> Response:
-        return Response(services.stats(self.get_queryset()))
+        return Response(queries.stats(self.get_queryset()))
 
 
 def _payload_errors(specs: dict[str, services.JobSpec]) -> dict:
@@ -461,50 +457,14 @@ def _by_index(item: tuple[str, object]) -> int:
     return int(item[0])
 
 
-def _job_id_or_404(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise Http404 from None
-
-
-# Clients poll the status of every job they watch, about once a second. Building this
-# lookup with the ORM took four times the CPU of running it (more than the rest of the
-# request), so on PostgreSQL, whose driver returns the values as Python types, its SQL
-# is written out once. It looks the job up by primary key alone and checks the owner
-# afterwards: with `owner_id = %s` in the WHERE clause too, PostgreSQL may walk the
-# owner's index through all their jobs (it did in benchmark 3, until the table's
-# statistics caught up with a burst of new jobs).
-STATUS_SQL = (
-    f'SELECT owner_id, {", ".join(STATUS_FIELDS)} FROM "{Job._meta.db_table}" WHERE id = %s'
-)
-
-
 def status_row(user, job_id: uuid.UUID) -> dict | None:
     """The polled fields of a job, or None if there is no such job the user may see
     (staff see every job, others their own, as `Job.objects.visible_to`)."""
-    connection = connections[Job.objects.db]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(STATUS_SQL, [job_id])
-            found = cursor.fetchone()
-        row = dict(zip(["owner_id", *STATUS_FIELDS], found, strict=True)) if found else None
-    else:
-        row = Job.objects.filter(id=job_id).values("owner_id", *STATUS_FIELDS).first()
+    row = job_store().status_row(job_id)
     if row is None:
         return None
     owner_id = row.pop("owner_id")
     return row if user.is_staff or owner_id == user.pk else None
-
-
-def etag_for(row: dict) -> str:
-    raw = f"{row['status']}|{row['progress']}|{row['message']}|{row['updated_at'].isoformat()}"
-    return '"' + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest() + '"'
-
-
-def if_none_match(request: Request) -> set[str]:
-    header = request.headers.get("If-None-Match", "")
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
 class JobTypeSerializer(serializers.Serializer):

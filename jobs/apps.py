@@ -10,13 +10,16 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        # Each app registers its job types in its own `jobs.py`.
+        from . import signals, tasks  # noqa: F401 (signals connects the worker's handlers)
+
+        # Each app registers its job types in its own `jobs.py`; each type then gets its task.
         autodiscover_modules("jobs")
+        tasks.bind_job_types()
         post_migrate.connect(sync_schedules_after_migrate, sender=self)
 
 
 def sync_schedules_after_migrate(using: str = "default", **kwargs) -> None:
-    from . import schedules
+    from . import scheduling
 
     if "django_celery_beat_periodictask" in connections[using].introspection.table_names():
-        schedules.sync()
+        scheduling.sync()

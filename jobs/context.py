@@ -8,8 +8,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .errors import JobCancelled, JobLost, PermanentError
-from .models import EventKind, Job, JobEffect, JobEvent, Status
+from .models import Job, JobEffect
 from .outages import while_database_unavailable
+from .store import job_store
 
 MILESTONES = (25, 50, 75)
 
@@ -33,9 +34,6 @@ class JobContext:
         if self.job.owner_id is not None and owner_id != self.job.owner_id:
             raise PermanentError(f"{what} does not belong to the owner of this job")
 
-    def _held(self):
-        return Job.objects.filter(id=self.job.id, status=Status.RUNNING, attempts=self.job.attempts)
-
     def progress(self, percent: float, message: str = "") -> None:
         """Record progress and stop here if cancellation was requested.
 
@@ -46,41 +44,27 @@ class JobContext:
         """
         percent = max(0, min(100, int(percent)))
         passed = [m for m in MILESTONES if self._progress < m <= percent]
+        milestone = passed[-1] if passed else None
+        store = job_store()
         held = while_database_unavailable(
-            lambda: self._write_progress(percent, message, passed),
+            lambda: store.progress(self.job, percent, message, milestone, timezone.now()),
             f"recording progress of job {self.job.id}",
         )
         if not held:
             self._raise_why_not_held()
         self._progress = percent
 
-    def _write_progress(self, percent: int, message: str, passed: list[int]) -> bool:
-        now = timezone.now()
-        updated = (
-            self._held()
-            .filter(cancel_requested=False)
-            .update(progress=percent, message=message[:255], heartbeat_at=now, updated_at=now)
-        )
-        if updated and passed:
-            JobEvent.objects.create(
-                job_id=self.job.id,
-                kind=EventKind.PROGRESS,
-                message=f"{passed[-1]}% {message}".strip()[:500],
-                attempt=self.job.attempts,
-            )
-        return bool(updated)
-
     def check_cancelled(self) -> None:
         """A checkpoint without progress: stop here if cancellation was requested."""
         held = while_database_unavailable(
-            lambda: self._held().filter(cancel_requested=False).exists(),
+            lambda: job_store().is_held(self.job),
             f"checking job {self.job.id} for cancellation",
         )
         if not held:
             self._raise_why_not_held()
 
     def _raise_why_not_held(self) -> None:
-        if self._held().filter(cancel_requested=True).exists():
+        if job_store().is_cancelling(self.job):
             raise JobCancelled()
         raise JobLost()
 

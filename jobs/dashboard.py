@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from . import services
+from . import queries, services
 from .errors import InvalidTransition
 from .models import Job, Status
 
@@ -52,7 +52,7 @@ def retry_permission_required(view):
 
 def snapshot() -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready data."""
-    stats = services.stats(Job.objects.all())
+    stats = queries.stats(Job.objects.all())
     recent = Job.objects.select_related("owner").order_by("-created_at")[:RECENT]
     return {
         "totals": stats["by_status"],

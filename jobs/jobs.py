@@ -10,6 +10,7 @@ from django.core.mail import EmailMessage
 from django.utils import timezone
 from rest_framework import serializers
 
+from . import queries, retention
 from .context import JobContext
 from .registry import Exposure, Retention, job_type
 
@@ -150,9 +151,7 @@ def sleep(ctx: JobContext) -> dict:
     description="Delete finished jobs past their type's retention policy.",
 )
 def purge(ctx: JobContext) -> dict:
-    from . import services
-
-    deleted = services.purge_finished()
+    deleted = retention.purge_finished()
     return {"deleted": deleted, "total": sum(deleted.values())}
 
 
@@ -186,10 +185,8 @@ class DigestPayload(serializers.Serializer):
     description="E-mail each user a summary of their jobs over the last hours.",
 )
 def send_digests(ctx: JobContext) -> dict:
-    from . import services
-
     hours = ctx.payload["hours"]
-    digests = services.job_digests(timezone.now() - timedelta(hours=hours))
+    digests = queries.job_digests(timezone.now() - timedelta(hours=hours))
     sent = 0
     for i, digest in enumerate(digests, start=1):
         with ctx.effect(f"digest:{digest.user_id}") as ours:

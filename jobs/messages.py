@@ -35,6 +35,8 @@ from kombu.connection import ConnectionPool
 from jobsite.celery_app import app
 from jobsite.circuit import CircuitBreaker
 
+from . import registry
+
 if TYPE_CHECKING:
     from .models import Job
 
@@ -171,16 +173,14 @@ def _send(producer, job: Job, eta: datetime | None) -> None:
 
 @cache
 def _template(type_name: str) -> task_message:
-    from .tasks import task_for
-
-    task = task_for(type_name)
+    jt = registry.get(type_name)
     return app.amqp.create_task_message(
         PLACEHOLDER,
-        task.name,
+        jt.name,
         [PLACEHOLDER],
         {},
-        time_limit=task.time_limit,
-        soft_time_limit=task.soft_time_limit,
+        time_limit=jt.time_limit,
+        soft_time_limit=jt.soft_time_limit,
         # Unset, so the worker's own JOBS_STORE_TASK_RESULTS decides.
         ignore_result=None,
     )

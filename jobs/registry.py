@@ -5,11 +5,12 @@ A job type is registered once, in its app's `jobs.py`, with the `job_type` decor
     @job_type("email.send", serializer=SendEmailSerializer, queue="emails")
     def send_email(ctx: JobContext) -> dict: ...
 
-Each type becomes a Celery task of the same name, so Flower and the result admin
-show meaningful names.
+Each type runs as a Celery task of the same name (bound when the app is ready, in
+jobs/tasks.py), so Flower and the result admin show meaningful names. This module knows
+nothing of Celery.
 
 A type also says who may create it through the API (`exposure`); code
-(`jobs.services.enqueue`), schedules, the `enqueue_job` command and the apps' own
+(`jobs.engine.enqueue`), schedules, the `enqueue_job` command and the apps' own
 endpoints create any type. A type that says nothing is not creatable through the API.
 """
 
@@ -97,6 +98,12 @@ class JobType:
             return {}  # enqueueing names what is wrong with it
         return self.user_limits(serializer.validated_data)
 
+    @property
+    def time_limit(self) -> int:
+        """The hard limit: the worker kills a run this long after it started, the soft
+        limit having asked it to stop 30 s earlier."""
+        return self.soft_time_limit + 30
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number `attempt`."""
         return min(self.backoff_base * 2 ** max(attempt - 1, 0), self.backoff_max)
@@ -127,14 +134,11 @@ _registry: dict[str, JobType] = {}
 
 
 def register(jt: JobType) -> JobType:
-    from .tasks import make_task
-
     if jt.name in _registry and _registry[jt.name].handler is not jt.handler:
         raise ValueError(f"Job type {jt.name!r} is already registered")
     if unknown := jt.staff_fields - jt.serializer().fields.keys():
         raise ValueError(f"Job type {jt.name!r}: no payload field {', '.join(sorted(unknown))}")
     _registry[jt.name] = jt
-    make_task(jt)
     return jt
 
 

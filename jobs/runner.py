@@ -4,26 +4,40 @@ from __future__ import annotations
 
 import logging
 import traceback
-from datetime import timedelta
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from . import heartbeats, registry, sql
+from . import job_heartbeats, registry
 from .context import JobContext
+from .dispatch import dispatch
 from .errors import JobCancelled, JobLost, PermanentError
 from .logging import job_log_context
-from .models import EventKind, Job, JobEvent, Status
+from .models import Job, Status
 from .outages import while_database_unavailable
+from .store import job_store
 
 log = logging.getLogger(__name__)
 
 # A message may arrive a little before its ETA when clocks differ between hosts.
 EARLY_TOLERANCE = timedelta(seconds=1)
 
-T = TypeVar("T")
+
+class Outcome(StrEnum):
+    """What became of a message: the value its task returns."""
+
+    SUCCEEDED = Status.SUCCEEDED.value
+    FAILED = Status.FAILED.value
+    CANCELLED = Status.CANCELLED.value
+    RETRY = "retry"  # failed, to run again later
+    LOST = "lost"  # the run no longer held the job (recovered elsewhere): nothing written
+    EARLY = "early"  # arrived before the job's time: sent again for then
+    DUPLICATE = "duplicate"  # the job is not queued: another message ran or will run it
+    MISSING = "missing"  # no such job
 
 
 class ClaimFailed(Exception):
@@ -31,13 +45,15 @@ class ClaimFailed(Exception):
     and its message goes back to the queue."""
 
 
-def execute(job_id: str) -> str:
-    """Run the job if this message can claim it; return the outcome for the result backend."""
-    job = claim(job_id)
+def execute(job_id: str, *, now: datetime | None = None) -> Outcome:
+    """Run the job if this message can claim it. `now` is the time of the claim, and
+    of the retry's schedule if the attempt fails (the current time by default)."""
+    claimed_at = now or timezone.now()
+    job = claim(job_id, claimed_at)
     if job is None:
-        return _handle_unclaimable(job_id)
+        return _handle_unclaimable(job_id, claimed_at)
     jt = registry.get(job.type)
-    with job_log_context(job), heartbeats.holding(job):
+    with job_log_context(job), job_heartbeats.holding(job):
         log.debug("Job started")
         try:
             result = jt.handler(JobContext(job))
@@ -45,33 +61,32 @@ def execute(job_id: str) -> str:
             return _finish(job, Status.CANCELLED, message="Cancelled")
         except JobLost:
             log.warning("Job was recovered elsewhere while running here; stopping")
-            return "lost"
+            return Outcome.LOST
         except PermanentError as exc:
             return _finish(job, Status.FAILED, error=str(exc) or type(exc).__name__)
         except Exception as exc:
-            return _fail_or_retry(job, jt, exc)
+            return _fail_or_retry(job, jt, exc, now)
         return _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
 
 
-def claim(job_id: str) -> Job | None:
-    """Take the job with one conditional UPDATE; None when it is not ours to run.
+def claim(job_id: str, now: datetime) -> Job | None:
+    """Take the job if it is queued and due; None when it is not ours to run.
 
-    The claim also writes the `started` event. On PostgreSQL the UPDATE, the event and
-    reading the row back are one statement; elsewhere they are three. A connection that
-    died while the worker was idle (a database restart) is replaced; while the database
-    stays unreachable the claim is tried again for a few seconds, then ClaimFailed.
+    A connection that died while the worker was idle (a database restart) is replaced;
+    while the database stays unreachable the claim is tried again for a few seconds,
+    then ClaimFailed.
     """
-    now = timezone.now()
+    store = job_store()
     tries = 0
 
     def claim_once() -> Job | None:
         nonlocal tries
         tries += 1
-        job = sql.claim(job_id, now, due=now + EARLY_TOLERANCE)
+        job = store.claim(job_id, now, due=now + EARLY_TOLERANCE)
         if job is None and tries > 1:
             # A try whose answer was lost with its connection may have claimed it: the
             # claim's time, written as started_at, tells that run apart.
-            return Job.objects.filter(id=job_id, status=Status.RUNNING, started_at=now).first()
+            return store.claimed_at(job_id, now)
         return job
 
     try:
@@ -80,84 +95,52 @@ def claim(job_id: str) -> Job | None:
         raise ClaimFailed(f"Could not claim job {job_id}: {exc}") from exc
 
 
-def _handle_unclaimable(job_id: str) -> str:
+def _handle_unclaimable(job_id: str, now: datetime) -> Outcome:
     """A message that cannot claim its job is acknowledged and dropped, except one that
     arrived before its job's time, which is sent again for the right moment."""
-    job = Job.objects.filter(id=job_id).only("id", "status", "run_at", "type", "queue").first()
+    job = Job.objects.filter(id=job_id).first()
     if job is None:
         log.info("Dropped message for job %s, which does not exist", job_id)
-        return "missing"
-    if job.status == Status.QUEUED and job.run_at and job.run_at > timezone.now():
-        from .services import dispatch
-
-        Job.objects.filter(id=job.id).update(dispatched_at=None)
-        if job.run_at - timezone.now() <= timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX):
-            dispatch([Job.objects.get(id=job.id)])
-        return "early"
+        return Outcome.MISSING
+    if job.status == Status.QUEUED and job.run_at and job.run_at > now:
+        job_store().forget_message(job.id)
+        dispatch([job], now=now)
+        return Outcome.EARLY
     log.info("Dropped message for job %s (%s)", job_id, job.status)
-    return "duplicate"
+    return Outcome.DUPLICATE
 
 
-def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fields) -> str:
-    kind = {
-        Status.SUCCEEDED: EventKind.SUCCEEDED,
-        Status.FAILED: EventKind.FAILED,
-        Status.CANCELLED: EventKind.CANCELLED,
-    }[status]
+def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fields) -> Outcome:
+    store = job_store()
     ended = while_database_unavailable(
-        lambda: sql.finish(job, status, kind, result=result, error=error, **fields),
+        lambda: store.finish(job, status, timezone.now(), result=result, error=error, **fields),
         f"recording that job {job.id} {status}",
     )
-    if not ended:
-        if _already_ended_as(job, status):
-            # A try whose answer was lost with its connection did record it.
-            log.info("Job %s", status)
-            return status
+    if not ended and not store.ended_as(job, status):
+        # (A try whose answer was lost with its connection may have recorded it.)
         log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
-        return "lost"
+        return Outcome.LOST
     log.info("Job %s", status)
-    return status
+    return Outcome(status)
 
 
-def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
+def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception, now: datetime | None) -> Outcome:
     error = f"{type(exc).__name__}: {exc}"
     if job.attempts >= job.max_attempts:
         log.error("Job failed after %d attempts: %s", job.attempts, error)
         detail = "".join(traceback.format_exception(exc, limit=20))
         return _finish(job, Status.FAILED, error=f"{error}\n\n{detail}")
     delay = jt.backoff(job.attempts)
-    now = timezone.now()
+    now = now or timezone.now()
     run_at = now + timedelta(seconds=delay)
-    changes = {
-        "status": Status.QUEUED,
-        "run_at": run_at,
-        "dispatched_at": None,
-        "heartbeat_at": None,
-        "error": error,
-        "message": f"Retrying in {delay:g}s",
-        "updated_at": now,
-    }
-    event = JobEvent(
-        job_id=job.id,
-        kind=EventKind.RETRY_SCHEDULED,
-        message=f"{error[:400]} — retry in {delay:g}s",
-        attempt=job.attempts,
-    )
     rescheduled = while_database_unavailable(
-        lambda: sql.update_recording(sql.held(job), changes, event),
+        lambda: job_store().schedule_retry(job, now, run_at=run_at, error=error, delay=delay),
         f"scheduling a retry of job {job.id}",
     )
     if not rescheduled:
-        return "lost"
+        return Outcome.LOST
     log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts, delay, error)
     if delay <= settings.JOBS_BROKER_DELAY_MAX:
-        from .services import dispatch
-
-        job.status = Status.QUEUED
-        job.run_at = run_at
-        dispatch([job])
-    return "retry"
-
-
-def _already_ended_as(job: Job, status: str) -> bool:
-    return Job.objects.filter(id=job.id, attempts=job.attempts, status=status).exists()
+        job.status, job.run_at = Status.QUEUED, run_at
+        dispatch([job], now=now)
+    return Outcome.RETRY

@@ -4,7 +4,8 @@ tables (after `migrate` and by `manage.py sync_schedules`), fired by Beat.
 A declaration names either a job type (`job`, with a `payload`) or a plain Celery task
 (`task`), and either a `cron` expression ("m h dom mon dow") or an interval in seconds
 (`every`). Scheduled jobs go through `jobs.services.enqueue` with a key derived from the
-schedule's window, so however many Beats fire for one window, one job is created. Only
+schedule's window, so however many Beats fire for one window, one job is created
+(jobs/scheduling.py). Only
 Beat's firings have a window (Beat stamps them with `FIRED_AT_HEADER`, see jobs/beat.py);
 a run started by hand (the admin's "Run selected tasks") or from code is keyed by its own
 message, so it never takes, or suppresses, a window's scheduled job.
@@ -18,7 +19,6 @@ This module is imported by the settings module: no models at import time.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -152,114 +152,6 @@ def get_declared(name: str) -> Schedule | None:
     return next((s for s in declared() if s.name == name), None)
 
 
-def validate_jobs(schedules: list[Schedule]) -> None:
-    """Refuse schedules naming an unknown job type or carrying an invalid payload."""
-    from . import services
-
-    for schedule in schedules:
-        if schedule.job:
-            try:
-                services.validate_payload(schedule.job, schedule.payload)
-            except Exception as exc:
-                raise ImproperlyConfigured(f"Schedule {schedule.name!r}: {exc}") from exc
-
-
-# --- sync into django-celery-beat ------------------------------------------------------
-
-
-@dataclass
-class SyncResult:
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    disabled: list[str] = field(default_factory=list)
-
-
-def sync(schedules: list[Schedule] | None = None) -> SyncResult:
-    """Write the declarations into django-celery-beat's tables.
-
-    The declaration owns the task, its arguments, the timing, the enabled flag and the
-    options it declares (queue, expiry); an admin's edits to anything else (description,
-    priority, start time, one-off, expiry it did not declare) survive a sync. Rows of
-    schedules no longer declared are disabled, never deleted; rows an admin created are
-    left alone.
-    """
-    from django.db import transaction
-    from django_celery_beat.models import PeriodicTask
-
-    schedules = declared() if schedules is None else schedules
-    validate_jobs(schedules)
-    result = SyncResult()
-    with transaction.atomic():
-        for schedule in schedules:
-            row = PeriodicTask.objects.filter(name=schedule.name).first()
-            if row is None:
-                row = PeriodicTask(name=schedule.name, description=schedule.description)
-                _apply(schedule, row)
-                row.save()
-                result.created.append(schedule.name)
-            elif _apply(schedule, row):
-                row.save()
-                result.updated.append(schedule.name)
-            else:
-                result.unchanged.append(schedule.name)
-        names = {s.name for s in schedules}
-        for row in PeriodicTask.objects.filter(enabled=True).exclude(name__in=names):
-            if json.loads(row.headers or "{}").get(MANAGED_HEADER):
-                row.enabled = False
-                row.save()
-                result.disabled.append(row.name)
-    return result
-
-
-def _apply(schedule: Schedule, row) -> bool:
-    """Set the fields the declaration owns on `row`; True if anything changed."""
-    from django.conf import settings
-    from django_celery_beat.models import CrontabSchedule, IntervalSchedule
-
-    headers = json.loads(row.headers or "{}")
-    headers[MANAGED_HEADER] = schedule.name
-    wanted: dict[str, Any] = {
-        "task": schedule.task_name(),
-        "args": "[]",
-        "kwargs": json.dumps(schedule.task_kwargs(), sort_keys=True),
-        "enabled": schedule.is_enabled(),
-        "headers": json.dumps(headers, sort_keys=True),
-        "interval": None,
-        "crontab": None,
-        "solar": None,
-        "clocked": None,
-    }
-    if schedule.cron:
-        minute, hour, day_of_month, month_of_year, day_of_week = cron_fields(schedule.cron)
-        wanted["crontab"], _ = CrontabSchedule.objects.get_or_create(
-            minute=minute,
-            hour=hour,
-            day_of_month=day_of_month,
-            month_of_year=month_of_year,
-            day_of_week=day_of_week,
-            timezone=settings.TIME_ZONE,
-        )
-    else:
-        wanted["interval"], _ = IntervalSchedule.objects.get_or_create(
-            every=int(schedule.every), period=IntervalSchedule.SECONDS
-        )
-    if schedule.queue:
-        wanted["queue"] = schedule.queue
-    if schedule.expire_seconds:
-        wanted["expire_seconds"] = schedule.expire_seconds
-
-    changed = False
-    for name, value in wanted.items():
-        current = getattr(row, name)
-        if name in ("kwargs", "headers"):
-            current = json.dumps(json.loads(current or "{}"), sort_keys=True)
-        if current != value:
-            setattr(row, name, value)
-            changed = True
-    return changed
-
-
 # --- windows ---------------------------------------------------------------------------
 
 
@@ -288,14 +180,3 @@ def window_key(name: str, window: datetime) -> str:
 def manual_run_key(name: str, run_id: str) -> str:
     """The key of a run Beat did not fire; never equal to a window's key."""
     return f"schedule:{name}:manual:{run_id}"
-
-
-def schedule_of(name: str) -> celery_schedules.BaseSchedule | None:
-    """The timing of the schedule called `name`: its database row, else its declaration."""
-    from django_celery_beat.models import PeriodicTask
-
-    row = PeriodicTask.objects.filter(name=name).first()
-    if row is not None:
-        return row.schedule
-    declaration = get_declared(name)
-    return declaration.celery_schedule() if declaration else None

@@ -1,12 +1,11 @@
 from django.urls import path
-from rest_framework.routers import SimpleRouter
 
-from .api import JobTypeList, JobViewSet
-
-router = SimpleRouter()
-router.register("jobs", JobViewSet, basename="job")
+from . import dashboard, metrics
 
 urlpatterns = [
-    path("job-types/", JobTypeList.as_view(), name="job-types"),
-    *router.urls,
+    path("metrics", metrics.metrics, name="metrics"),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
+    path("dashboard/data/", dashboard.dashboard_data, name="dashboard-data"),
+    path("dashboard/retry-failed/", dashboard.retry_failed, name="dashboard-retry-failed"),
+    path("dashboard/jobs/<uuid:job_id>/retry/", dashboard.retry_job, name="dashboard-retry"),
 ]

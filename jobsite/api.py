@@ -1,13 +1,17 @@
-"""Project-wide API pieces: the JSON error format."""
+"""Project-wide API pieces: the JSON error format, and what every app's API shares (ids
+in URLs, conflicts, ETags for polled statuses)."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found
 from rest_framework import exceptions, status
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -58,3 +62,28 @@ def _validation_summary(detail: Any) -> str:
     if isinstance(detail, dict):
         return "Invalid input: " + ", ".join(str(k) for k in detail) + "."
     return "Invalid input."
+
+
+def uuid_or_404(value: str) -> uuid.UUID:
+    """The UUID in a URL, or a 404 (not a 500) when it is not one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise Http404 from None
+
+
+def conflict(detail: str, code: str, **fields: Any) -> Response:
+    """A 409: the object's state does not allow the action; `fields` say which object
+    and in what state."""
+    return Response({"detail": detail, "code": code, **fields}, status=status.HTTP_409_CONFLICT)
+
+
+def etag_for(row: dict) -> str:
+    """The ETag of a polled status (status, progress, message, updated_at)."""
+    raw = f"{row['status']}|{row['progress']}|{row['message']}|{row['updated_at'].isoformat()}"
+    return '"' + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest() + '"'
+
+
+def if_none_match(request: Request) -> set[str]:
+    header = request.headers.get("If-None-Match", "")
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}

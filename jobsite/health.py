@@ -54,7 +54,7 @@ def check_cache() -> dict[str, Any]:
 
 
 def check_workers() -> dict[str, Any]:
-    from jobs.heartbeat import alive_workers
+    from jobs.worker_liveness import alive_workers
 
     workers = list(alive_workers())
     if not workers:

@@ -2,8 +2,6 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from jobs import dashboard, metrics
-
 from . import health, signin
 from .account import Me
 
@@ -14,9 +12,9 @@ api_patterns = [
     path("me/", Me.as_view(), name="me"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("", include("jobs.urls")),
+    path("", include("jobs.api_urls")),
     path("", include("reports.api_urls")),
-    path("", include("notes.urls")),
+    path("", include("notes.api_urls")),
 ]
 
 # A URL no pattern matches gets a JSON 404 under /api/, as every other API error.
@@ -29,10 +27,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/", include(api_patterns)),
     path("health/", health.health, name="health"),
-    path("metrics", metrics.metrics, name="metrics"),
-    path("dashboard/", dashboard.dashboard, name="dashboard"),
-    path("dashboard/data/", dashboard.dashboard_data, name="dashboard-data"),
-    path("dashboard/retry-failed/", dashboard.retry_failed, name="dashboard-retry-failed"),
-    path("dashboard/jobs/<uuid:job_id>/retry/", dashboard.retry_job, name="dashboard-retry"),
+    path("", include("jobs.urls")),
     path("", include("reports.urls")),
 ]

@@ -13,8 +13,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jobs import services as jobs_services
-from jobs.api import JobSerializer, job_data
+from jobs.engine import JobSerializer, enqueue, job_data
 
 from . import services, uploads
 from .models import Image, Page, Task
@@ -210,7 +209,7 @@ class ImageViewSet(
         """Staff: run the image clean-up now."""
         incoming = CleanupSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        job = jobs_services.enqueue(
+        job = enqueue(
             "notes.image_cleanup", {"type": incoming.validated_data["type"]}, owner=request.user
         ).job
         return Response(job_data(job, request.user), status=status.HTTP_202_ACCEPTED)

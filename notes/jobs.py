@@ -11,8 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from rest_framework import serializers
 
-from jobs.context import JobContext
-from jobs.registry import job_type
+from jobs.engine import JobContext, job_type
 
 from . import services
 from .models import Image, Page

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from jobs.models import Job
+from jobs.engine import Job
 
 
 class Page(models.Model):

@@ -29,9 +29,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from jobs import services as jobs_services
-from jobs.context import JobContext
-from jobs.errors import PermanentError
+from jobs.engine import JobContext, PermanentError, enqueue
 
 from .models import Image, ImageStatus, Page, Task
 
@@ -69,7 +67,7 @@ def accept_save(page: Page, content: str, title: str | None = None):
         payload = {"page_id": page.id, "version": version, "content": content}
         if title is not None:
             payload["title"] = title
-        return jobs_services.enqueue("notes.save_page", payload, owner=page.owner).job
+        return enqueue("notes.save_page", payload, owner=page.owner).job
 
 
 def apply_save(page_id: int, version: int, content: str, title: str | None = None) -> bool:
@@ -163,9 +161,7 @@ def accept_upload(owner, name: str, data: bytes) -> Image:
         )
         image.url = content_url(image)
         image.file.save(_stored_name(image), ContentFile(data), save=True)
-        image.job = jobs_services.enqueue(
-            "notes.upload_image", {"image_id": image.id}, owner=owner
-        ).job
+        image.job = enqueue("notes.upload_image", {"image_id": image.id}, owner=owner).job
         image.save(update_fields=["job"])
     return image
 

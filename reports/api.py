@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db.models import Q
-from django.http import FileResponse, Http404
+from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -14,10 +14,8 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jobs.api import etag_for, if_none_match
-from jobs.errors import InvalidTransition
-from jobs.models import Status
-from jobs.visibility import one_line_error
+from jobs.engine import InvalidTransition, Status, one_line_error
+from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
 from . import services
 from .models import Report
@@ -103,18 +101,8 @@ def filter_reports(reports, status_filter: str | None, query: str | None):
     return reports
 
 
-def _report_id_or_404(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise Http404 from None
-
-
 def _conflict(report: Report, detail: str, code: str) -> Response:
-    return Response(
-        {"detail": detail, "code": code, "report_id": str(report.id), "status": report.status},
-        status=status.HTTP_409_CONFLICT,
-    )
+    return conflict(detail, code, report_id=str(report.id), status=report.status)
 
 
 @extend_schema(tags=["reports"])
@@ -127,7 +115,7 @@ class ReportViewSet(viewsets.GenericViewSet):
         return Report.objects.owned_by(self.request.user).select_related("job", "owner")
 
     def get_object(self) -> Report:
-        return get_object_or_404(self.get_queryset(), id=_report_id_or_404(self.kwargs["pk"]))
+        return get_object_or_404(self.get_queryset(), id=uuid_or_404(self.kwargs["pk"]))
 
     @extend_schema(
         parameters=[

@@ -4,8 +4,7 @@ from datetime import timedelta
 
 from rest_framework import serializers
 
-from jobs.context import JobContext
-from jobs.registry import Retention, job_type
+from jobs.engine import JobContext, Retention, job_type
 
 from . import services
 from .models import Report

@@ -13,7 +13,7 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
-from jobs.models import Job, Status
+from jobs.engine import Job, Status
 from notes.models import Page
 
 from .charts import Series, stacked_bars

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils.text import slugify
 
-from jobs.models import Job, Status
+from jobs.engine import Job, Status
 
 
 class Kind(models.TextChoices):

@@ -16,10 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework import serializers
 
-from jobs import services as jobs_services
-from jobs.context import JobContext
-from jobs.errors import PermanentError
-from jobs.models import Job
+from jobs import engine
+from jobs.engine import Job, JobContext, PermanentError
 
 from .kinds import KINDS, ReportKind
 from .models import Report
@@ -60,18 +58,18 @@ def request_report(owner, kind_name: str, parameters: Any = None, title: str = "
             title=title.strip() or kind.default_title(parameters),
             parameters=parameters,
         )
-        report.job = jobs_services.enqueue(JOB_TYPE, {"report_id": str(report.id)}, owner=owner).job
+        report.job = engine.enqueue(JOB_TYPE, {"report_id": str(report.id)}, owner=owner).job
         report.save(update_fields=["job"])
     return report
 
 
 def cancel_report(report: Report) -> Report:
-    jobs_services.cancel(_job_of(report))
+    engine.cancel(_job_of(report))
     return report
 
 
 def retry_report(report: Report) -> Report:
-    jobs_services.retry(_job_of(report))
+    engine.retry(_job_of(report))
     return report
 
 

@@ -17,8 +17,7 @@ from django.views.decorators.http import (
 )
 from rest_framework import serializers
 
-from jobs.errors import InvalidTransition
-from jobs.models import Status
+from jobs.engine import InvalidTransition, Status
 
 from . import services
 from .api import filter_reports, pdf_response

@@ -11,7 +11,7 @@ from celery import Celery
 from django.db import connection
 from django.utils import timezone
 
-from jobs import broker_loss, services
+from jobs import broker_loss, services, sweepers
 from jobs.models import EventKind, Job, JobEvent, Status
 from tests.support import run_in_threads, wait_for
 
@@ -63,12 +63,12 @@ def noops(count: int) -> list[Job]:
 
 
 def test_it_resends_nothing_while_the_broker_is_the_same(transactional_db, private_broker):
-    assert services.resend_after_broker_loss() == 0  # the first look writes the marker
+    assert sweepers.resend_after_broker_loss() == 0  # the first look writes the marker
     jobs = noops(5)
     sent_at = {job.id: job.dispatched_at for job in Job.objects.all()}
 
     for _ in range(3):
-        assert services.sweep()["resent"] == 0
+        assert sweepers.sweep()["resent"] == 0
 
     assert len(waiting_messages(private_broker)) == 5
     assert {job.id: job.dispatched_at for job in Job.objects.all()} == sent_at
@@ -79,7 +79,7 @@ def test_it_resends_nothing_while_the_broker_is_the_same(transactional_db, priva
 def test_every_queued_job_the_broker_held_is_sent_again_once(
     transactional_db, private_broker, lose_data
 ):
-    services.resend_after_broker_loss()
+    sweepers.resend_after_broker_loss()
     now = timezone.now()
     waiting = noops(4)
     delayed = services.enqueue("system.noop", run_at=now + timedelta(seconds=30)).job
@@ -92,8 +92,8 @@ def test_every_queued_job_the_broker_held_is_sent_again_once(
     lose_data(private_broker)
     assert waiting_messages(private_broker) == []
 
-    assert services.resend_after_broker_loss() == 5
-    assert services.resend_after_broker_loss() == 0
+    assert sweepers.resend_after_broker_loss() == 5
+    assert sweepers.resend_after_broker_loss() == 0
     messages = waiting_messages(private_broker)
     assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted(
         repr([str(job.id)]) for job in [*waiting, delayed]
@@ -105,14 +105,14 @@ def test_every_queued_job_the_broker_held_is_sent_again_once(
 
 
 def test_a_broker_restarted_with_its_data_gets_the_jobs_again(transactional_db, private_broker):
-    services.resend_after_broker_loss()
+    sweepers.resend_after_broker_loss()
     noops(3)
 
     restart_with_data(private_broker)
 
     # Its run id changed: messages written just before the restart may not have been
     # persisted, and workers drop the messages they had prefetched when it goes away.
-    assert services.resend_after_broker_loss() == 3
+    assert sweepers.resend_after_broker_loss() == 3
     assert len(waiting_messages(private_broker)) == 6
 
 
@@ -123,21 +123,21 @@ def test_a_broker_seen_for_the_first_time_is_resent_in_batches(
     jobs = noops(7)
 
     # Without time to spare, one batch per sweep; the next sweep goes on.
-    assert [services.resend_after_broker_loss(budget=0) for _ in range(4)] == [3, 3, 1, 0]
+    assert [sweepers.resend_after_broker_loss(budget=0) for _ in range(4)] == [3, 3, 1, 0]
     assert [dispatches(job) for job in jobs] == [2] * 7
 
     flushall(private_broker)
-    assert services.resend_after_broker_loss() == 7
+    assert sweepers.resend_after_broker_loss() == 7
 
 
 def test_sweepers_noticing_the_loss_together_send_each_job_once(transactional_db, private_broker):
-    services.resend_after_broker_loss()
+    sweepers.resend_after_broker_loss()
     jobs = noops(20)
     flushall(private_broker)
 
     def sweep(_: int) -> int:
         try:
-            return services.resend_after_broker_loss()
+            return sweepers.resend_after_broker_loss()
         finally:
             connection.close()
 
@@ -147,15 +147,15 @@ def test_sweepers_noticing_the_loss_together_send_each_job_once(transactional_db
 
 
 def test_a_sweeper_waits_while_another_holds_the_turn_to_resend(transactional_db, private_broker):
-    services.resend_after_broker_loss()
+    sweepers.resend_after_broker_loss()
     noops(2)
     flushall(private_broker)
 
     with broker_loss.broker_redis() as redis_client:
         with broker_loss.resend_turn(redis_client, hold_for=10) as mine:
             assert mine
-            assert services.resend_after_broker_loss() == 0
-    assert services.resend_after_broker_loss() == 2
+            assert sweepers.resend_after_broker_loss() == 0
+    assert sweepers.resend_after_broker_loss() == 2
 
 
 def test_a_broker_that_is_not_redis_is_not_checked(
@@ -165,7 +165,7 @@ def test_a_broker_that_is_not_redis_is_not_checked(
     monkeypatch.setattr(broker_loss, "bounded_connection", amqp.connection_for_write)
 
     with django_assert_num_queries(0):
-        assert services.resend_after_broker_loss() == 0
+        assert sweepers.resend_after_broker_loss() == 0
 
 
 # --- with a real worker and Beat -----------------------------------------------------
@@ -186,7 +186,7 @@ def assert_each_ran_once(jobs: list[Job]) -> None:
 def test_jobs_waiting_in_a_broker_that_lost_its_data_run_once(
     private_broker, start_worker, lose_data
 ):
-    services.resend_after_broker_loss()
+    sweepers.resend_after_broker_loss()
     jobs = noops(10)
     lose_data(private_broker)
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import services
+from jobs import services, sweepers
 from jobs.models import Job
 
 
@@ -47,8 +47,8 @@ def test_a_job_far_in_the_future_waits_in_the_database(transactional_db):
 
     job.refresh_from_db()
     assert job.dispatched_at is None
-    assert services.dispatch_due() == 0
-    assert services.dispatch_due(now=later - timedelta(seconds=30)) == 1
+    assert sweepers.dispatch_due() == 0
+    assert sweepers.dispatch_due(now=later - timedelta(seconds=30)) == 1
     job.refresh_from_db()
     assert job.dispatched_at is not None
 
@@ -59,9 +59,9 @@ def test_the_sweeper_sends_jobs_whose_dispatch_failed(transactional_db):
         dispatched_at=None, updated_at=timezone.now() - timedelta(seconds=5)
     )
 
-    assert services.dispatch_due() == 1
+    assert sweepers.dispatch_due() == 1
     assert Job.objects.get(id=job.id).dispatched_at is not None
-    assert services.dispatch_due() == 0
+    assert sweepers.dispatch_due() == 0
 
 
 def test_the_sweeper_resends_a_message_lost_long_ago(transactional_db, settings):
@@ -69,8 +69,8 @@ def test_the_sweeper_resends_a_message_lost_long_ago(transactional_db, settings)
     long_ago = timezone.now() - timedelta(seconds=settings.JOBS_REDISPATCH_AFTER + 10)
     Job.objects.filter(id=job.id).update(dispatched_at=long_ago)
 
-    assert services.dispatch_due() == 1
-    assert services.dispatch_due() == 0
+    assert sweepers.dispatch_due() == 1
+    assert sweepers.dispatch_due() == 0
 
 
 @pytest.mark.worker

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 from kombu import Queue
 
-from jobs import messages, runner, services, sql
+from jobs import messages, runner, services, store
 from jobs.models import Job, Status
 from jobsite.celery_app import app
 from tests.support import WORKER_APPLICATION_NAME, run_in_threads, wait_for
@@ -50,15 +50,13 @@ def _messages_on(queue_name: str) -> list:
 
 
 def test_a_jobs_message_is_the_one_apply_async_would_send(transactional_db):
-    from jobs.tasks import task_for
-
     queue = "maintenance"  # no worker consumes it during this test
     _messages_on(queue)
     job = Job(id=uuid.uuid4(), type="system.purge", queue=queue, priority=9)
     eta = timezone.now() + timedelta(seconds=30)
     job.run_at = eta
 
-    task_for("system.purge").apply_async(
+    app.tasks["system.purge"].apply_async(
         args=[str(job.id)],
         queue=queue,
         routing_key=queue,
@@ -169,7 +167,7 @@ def test_concurrent_claims_of_one_job_take_it_once(transactional_db):
 
     def claim(_: int):
         try:
-            return runner.claim(str(job.id))
+            return runner.claim(str(job.id), timezone.now())
         finally:
             connection.close()
 
@@ -189,7 +187,9 @@ def test_a_claim_finds_its_job_by_primary_key_whatever_the_statistics(transactio
     now = timezone.now()
 
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + sql.CLAIM_SQL, {"id": str(jobs[-1].id), "now": now, "due": now})
+        cursor.execute(
+            "EXPLAIN " + store.CLAIM_SQL, {"id": str(jobs[-1].id), "now": now, "due": now}
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
     scans = [line for line in plan.splitlines() if "Scan" in line and " on jobs_job " in line]

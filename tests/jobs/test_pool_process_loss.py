@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from jobs import lost_workers, services
+from jobs import process_loss, services
 from jobs.models import Job, Status
 from tests.support import wait_for
 
@@ -55,13 +55,13 @@ def running_job(db) -> Job:
     job = services.enqueue("system.sleep", {"seconds": 1}).job
     Job.objects.filter(id=job.id).update(status=Status.RUNNING, attempts=1)
     job.refresh_from_db()
-    lost_workers.hold(job.id, 1)
+    process_loss.hold(job.id, 1)
     yield job
-    lost_workers.release()
+    process_loss.release()
 
 
 def recover(job: Job) -> bool:
-    return lost_workers.requeue_job_of_lost_process(os.getpid(), str(job.id), "died")
+    return process_loss.requeue_job_of_lost_process(os.getpid(), str(job.id), "died")
 
 
 def test_the_job_a_lost_process_held_goes_back_to_the_queue_as_a_stall(running_job):
@@ -75,7 +75,7 @@ def test_the_job_a_lost_process_held_goes_back_to_the_queue_as_a_stall(running_j
 
 
 def test_a_worker_shutting_down_leaves_sending_the_job_to_the_dispatch_sweeper(running_job):
-    assert lost_workers.requeue_job_of_lost_process(
+    assert process_loss.requeue_job_of_lost_process(
         os.getpid(), str(running_job.id), "died", send=False
     )
 
@@ -109,8 +109,8 @@ def test_a_job_that_already_ended_is_left_alone(running_job):
 
 
 def test_a_process_that_released_its_job_or_held_another_recovers_nothing(running_job):
-    assert not lost_workers.requeue_job_of_lost_process(os.getpid() + 1, str(running_job.id), "x")
-    lost_workers.release()
+    assert not process_loss.requeue_job_of_lost_process(os.getpid() + 1, str(running_job.id), "x")
+    process_loss.release()
     assert not recover(running_job)
 
     running_job.refresh_from_db()

@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import messages, services
+from jobs import messages, services, sweepers
 from jobs.models import EventKind, Job, JobEvent
 from tests.support import wait_for
 
@@ -58,9 +58,9 @@ def test_the_sweeper_waits_for_the_open_time_then_its_send_closes_the_breaker(
     job = services.enqueue("system.noop").job
     Job.objects.filter(id=job.id).update(updated_at=timezone.now() - timedelta(seconds=5))
 
-    assert services.dispatch_due() == 0  # not tried while open
+    assert sweepers.dispatch_due() == 0  # not tried while open
     wait_for(lambda: not messages.publishing_paused(), timeout=5, what="the open time to pass")
 
-    assert services.dispatch_due() == 1
+    assert sweepers.dispatch_due() == 1
     assert Job.objects.get(id=job.id).dispatched_at is not None
     assert not messages.publishing_paused() and messages.breaker.allow()

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import registry, services
+from jobs import registry, retention, services
 from jobs.models import Job, JobEvent, Status
 from jobs.registry import Retention
 
@@ -29,7 +29,7 @@ def test_succeeded_jobs_older_than_a_day_are_purged_and_newer_ones_kept():
     for job in old:
         JobEvent.objects.create(job=job, kind="succeeded")
 
-    deleted = services.purge_finished()
+    deleted = retention.purge_finished()
 
     assert deleted == {"system.noop": 3}
     assert set(Job.objects.values_list("id", flat=True)) == {j.id for j in recent}
@@ -40,7 +40,7 @@ def test_only_the_newest_thousand_succeeded_jobs_of_a_type_are_kept():
     oldest = finished_jobs(5, Status.SUCCEEDED, timedelta(hours=2))
     newest = finished_jobs(1000, Status.SUCCEEDED, timedelta(hours=1))
 
-    services.purge_finished()
+    retention.purge_finished()
 
     remaining = set(Job.objects.values_list("id", flat=True))
     assert remaining == {j.id for j in newest}
@@ -54,7 +54,7 @@ def test_a_type_without_a_count_limit_keeps_every_job_young_enough(monkeypatch):
     young = finished_jobs(1005, Status.SUCCEEDED, timedelta(hours=1))
     finished_jobs(2, Status.SUCCEEDED, timedelta(hours=25))
 
-    deleted = services.purge_finished()
+    deleted = retention.purge_finished()
 
     assert deleted == {"system.noop": 2}
     assert set(Job.objects.values_list("id", flat=True)) == {j.id for j in young}
@@ -65,7 +65,7 @@ def test_failed_and_cancelled_jobs_are_kept_for_a_week():
     week_old += finished_jobs(1, Status.CANCELLED, timedelta(days=7, hours=1))
     kept = finished_jobs(2, Status.FAILED, timedelta(days=6))
 
-    deleted = services.purge_finished()
+    deleted = retention.purge_finished()
 
     assert deleted == {"system.noop": 3}
     assert set(Job.objects.values_list("id", flat=True)) == {j.id for j in kept}
@@ -76,7 +76,7 @@ def test_queued_and_running_jobs_are_never_purged():
     Job.objects.create(type="system.noop", status=Status.QUEUED, created_at=long_ago)
     Job.objects.create(type="system.noop", status=Status.RUNNING, started_at=long_ago)
 
-    assert services.purge_finished() == {}
+    assert retention.purge_finished() == {}
     assert Job.objects.count() == 2
 
 
@@ -85,7 +85,7 @@ def test_each_type_follows_its_own_policy():
     finished_jobs(1, Status.SUCCEEDED, timedelta(hours=30), type_name="system.purge")
     finished_jobs(1, Status.SUCCEEDED, timedelta(hours=30), type_name="system.noop")
 
-    assert services.purge_finished() == {"system.noop": 1}
+    assert retention.purge_finished() == {"system.noop": 1}
 
 
 @pytest.mark.worker

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs import schedules, services
+from jobs import schedules, scheduling
 from jobs.beat import DatabaseScheduler, PersistentScheduler
 from jobs.models import Job, Status
 from jobsite.celery_app import app as celery_app
@@ -33,7 +33,7 @@ def rows() -> dict[str, PeriodicTask]:
 
 
 def test_sync_writes_one_row_per_declaration(declared):
-    result = schedules.sync()
+    result = scheduling.sync()
 
     assert sorted(result.created) == sorted(DECLARED)
     reminder = rows()["reminder"]
@@ -52,8 +52,8 @@ def test_sync_writes_one_row_per_declaration(declared):
 
 
 def test_a_second_sync_never_duplicates_rows(declared):
-    schedules.sync()
-    result = schedules.sync()
+    scheduling.sync()
+    result = scheduling.sync()
 
     assert result.created == [] and result.updated == []
     assert PeriodicTask.objects.count() == len(DECLARED)
@@ -61,11 +61,11 @@ def test_a_second_sync_never_duplicates_rows(declared):
 
 
 def test_a_changed_declaration_updates_its_row(declared):
-    schedules.sync()
+    scheduling.sync()
     declared["reminder"]["cron"] = "0 9 * * 1"
     declared["image-cleanup"]["payload"] = {"seconds": 1}
 
-    result = schedules.sync()
+    result = scheduling.sync()
 
     assert sorted(result.updated) == ["image-cleanup", "reminder"]
     reminder = rows()["reminder"]
@@ -78,18 +78,18 @@ def test_a_changed_declaration_updates_its_row(declared):
 
 
 def test_a_declaration_moved_from_cron_to_interval_loses_its_crontab(declared):
-    schedules.sync()
+    scheduling.sync()
     del declared["reminder"]["cron"]
     declared["reminder"]["every"] = 300
 
-    schedules.sync()
+    scheduling.sync()
 
     reminder = rows()["reminder"]
     assert reminder.crontab is None and reminder.interval.every == 300
 
 
 def test_a_removed_declaration_is_disabled_and_an_admins_own_schedule_is_left_alone(declared):
-    schedules.sync()
+    scheduling.sync()
     own = PeriodicTask.objects.create(
         name="made in the admin",
         task="jobs.enqueue_scheduled",
@@ -98,7 +98,7 @@ def test_a_removed_declaration_is_disabled_and_an_admins_own_schedule_is_left_al
     )
     del declared["reminder"]
 
-    result = schedules.sync()
+    result = scheduling.sync()
 
     assert result.disabled == ["reminder"]
     assert rows()["reminder"].enabled is False
@@ -107,7 +107,7 @@ def test_a_removed_declaration_is_disabled_and_an_admins_own_schedule_is_left_al
 
 
 def test_admin_edits_to_fields_the_declaration_does_not_own_survive_a_sync(declared):
-    schedules.sync()
+    scheduling.sync()
     reminder = PeriodicTask.objects.get(name="reminder")
     reminder.description = "Edited by an admin"
     reminder.priority = 7
@@ -115,7 +115,7 @@ def test_admin_edits_to_fields_the_declaration_does_not_own_survive_a_sync(decla
     reminder.kwargs = json.dumps({"type": "system.sleep"})  # owned: put back
     reminder.save()
 
-    schedules.sync()
+    scheduling.sync()
 
     reminder.refresh_from_db()
     assert reminder.description == "Edited by an admin"
@@ -126,13 +126,13 @@ def test_admin_edits_to_fields_the_declaration_does_not_own_survive_a_sync(decla
 
 def test_an_environment_switch_disables_one_schedule(declared, monkeypatch):
     monkeypatch.setenv("DISABLE_IMAGE_CLEANUP_CRON", "1")
-    schedules.sync()
+    scheduling.sync()
 
     assert rows()["image-cleanup"].enabled is False
     assert rows()["reminder"].enabled is True
 
     monkeypatch.setenv("DISABLE_IMAGE_CLEANUP_CRON", "0")
-    schedules.sync()
+    scheduling.sync()
     assert rows()["image-cleanup"].enabled is True
 
 
@@ -215,16 +215,16 @@ def test_firings_either_side_of_an_interval_boundary_share_its_window():
 
 
 def test_two_beats_either_side_of_a_window_edge_create_one_job(declared):
-    schedules.sync()
+    scheduling.sync()
     occurrence = datetime(2026, 3, 2, 7, 5, tzinfo=UTC)
 
-    early = services.enqueue_for_schedule(
+    early = scheduling.enqueue_for_schedule(
         "reminder", "system.noop", {}, fired_at=occurrence - timedelta(seconds=0.2)
     )
-    late = services.enqueue_for_schedule(
+    late = scheduling.enqueue_for_schedule(
         "reminder", "system.noop", {}, fired_at=occurrence + timedelta(seconds=0.3)
     )
-    next_window = services.enqueue_for_schedule(
+    next_window = scheduling.enqueue_for_schedule(
         "reminder", "system.noop", {}, fired_at=occurrence + timedelta(minutes=5)
     )
 
@@ -259,7 +259,7 @@ def two_beats(kind: str, declared: dict, tmp_path) -> list:
 @pytest.mark.parametrize("kind", ["database", "file"])
 def test_two_beat_ticks_for_one_window_create_one_job(declared, worker, kind, tmp_path):
     declared["hourly-noop"] = {"job": "system.noop", "every": 3600}
-    schedules.sync()
+    scheduling.sync()
 
     for beat in two_beats(kind, declared, tmp_path):
         beat.apply_async(beat.schedule["hourly-noop"], producer=None, advance=False)
@@ -290,7 +290,7 @@ def test_run_selected_tasks_in_the_admin_never_suppresses_the_scheduled_firing(
     declared, admin_client, worker
 ):
     declared["nightly"] = {"job": "system.noop", "cron": "0 3 * * *"}
-    schedules.sync()
+    scheduling.sync()
     row = PeriodicTask.objects.get(name="nightly")
     jobs = Job.objects.filter(idempotency_key__startswith="schedule:nightly:")
 
@@ -339,14 +339,14 @@ def test_run_selected_tasks_in_the_admin_never_suppresses_the_scheduled_firing(
 
 def test_only_a_firing_of_beat_is_keyed_by_the_window_it_belongs_to(declared):
     declared["nightly"] = {"job": "system.noop", "cron": "0 3 * * *"}
-    schedules.sync()
+    scheduling.sync()
     afternoon = datetime(2026, 3, 2, 14, 23, tzinfo=UTC)
     three_next_morning = datetime(2026, 3, 3, 3, 0, tzinfo=UTC)
 
-    manual = services.enqueue_for_schedule("nightly", "system.noop", {}, run_id="message-1")
-    redelivered = services.enqueue_for_schedule("nightly", "system.noop", {}, run_id="message-1")
-    from_code = services.enqueue_for_schedule("nightly", "system.noop", {})
-    fired = services.enqueue_for_schedule(
+    manual = scheduling.enqueue_for_schedule("nightly", "system.noop", {}, run_id="message-1")
+    redelivered = scheduling.enqueue_for_schedule("nightly", "system.noop", {}, run_id="message-1")
+    from_code = scheduling.enqueue_for_schedule("nightly", "system.noop", {})
+    fired = scheduling.enqueue_for_schedule(
         "nightly", "system.noop", {}, fired_at=three_next_morning + timedelta(seconds=1)
     )
 
@@ -358,8 +358,8 @@ def test_only_a_firing_of_beat_is_keyed_by_the_window_it_belongs_to(declared):
     assert Job.objects.filter(type="system.noop").count() == 3
     # Given a time, a window is found (as a firing at 14:23 belongs to the next 03:00);
     # without a firing time there is no window, whatever the time of day.
-    assert services.schedule_key("nightly", afternoon, "x") == fired.idempotency_key
-    assert services.schedule_key("nightly", None, "x") == "schedule:nightly:manual:x"
+    assert scheduling.schedule_key("nightly", afternoon, "x") == fired.idempotency_key
+    assert scheduling.schedule_key("nightly", None, "x") == "schedule:nightly:manual:x"
 
 
 @pytest.mark.worker
@@ -404,20 +404,20 @@ def test_an_admin_adds_a_schedule_for_a_job_type_and_sees_it_run(
 def test_startup_jobs_are_enqueued_once_while_one_is_pending(declared):
     declared["image-cleanup"]["run_at_startup"] = True
 
-    first = services.enqueue_startup_jobs()
-    second = services.enqueue_startup_jobs(now=datetime.now(UTC) + timedelta(minutes=5))
+    first = scheduling.enqueue_startup_jobs()
+    second = scheduling.enqueue_startup_jobs(now=datetime.now(UTC) + timedelta(minutes=5))
 
     assert [j.type for j in first] == ["system.sleep"]
     assert second == []
     Job.objects.filter(id=first[0].id).update(status=Status.SUCCEEDED)
-    assert len(services.enqueue_startup_jobs(now=datetime.now(UTC) + timedelta(minutes=5))) == 1
+    assert len(scheduling.enqueue_startup_jobs(now=datetime.now(UTC) + timedelta(minutes=5))) == 1
 
 
 def test_a_disabled_schedule_is_not_run_at_startup(declared, monkeypatch):
     declared["image-cleanup"]["run_at_startup"] = True
     monkeypatch.setenv("DISABLE_IMAGE_CLEANUP_CRON", "1")
 
-    assert services.enqueue_startup_jobs() == []
+    assert scheduling.enqueue_startup_jobs() == []
 
 
 @pytest.mark.worker

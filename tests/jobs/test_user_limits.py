@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import services
+from jobs import services, store
 from jobs.models import Job, Status
 
 NOOP = {"type": "system.noop"}
@@ -191,7 +191,7 @@ def test_the_active_count_reads_only_the_owner_status_index(user):
     services.enqueue_many([services.JobSpec("system.noop")] * 300, owner=user)
 
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN " + services.ACTIVE_COUNT_SQL, [user.pk, "queued", "running", 1000])
+        cursor.execute("EXPLAIN " + store.ACTIVE_COUNT_SQL, [user.pk, "queued", "running", 1000])
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
     assert "job_owner_status" in plan and "Seq Scan" not in plan, plan

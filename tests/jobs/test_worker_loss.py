@@ -13,7 +13,7 @@ from celery import Celery
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import broker_loss, services, worker_loss
+from jobs import broker_loss, services, sweepers, worker_loss
 from jobs.models import EventKind, Job, JobEvent, Status, WorkerHeartbeat
 from jobsite.celery_app import app
 from tests.support import WorkerProcess, wait_for
@@ -194,17 +194,17 @@ def test_the_sweeper_puts_back_what_workers_without_a_fresh_heartbeat_took(
     beat("alive@host", at=now)
     beat("dead@host", at=now)
     assert waiting(client) == 0
-    assert services.restore_from_lost_workers() == 0  # "stopped" took its own just now
+    assert sweepers.restore_from_lost_workers() == 0  # "stopped" took its own just now
 
     later = now + timedelta(seconds=settings.WORKER_HEARTBEAT_TIMEOUT + 1)
     beat("alive@host", at=later)
-    assert services.restore_from_lost_workers(now=later) == 4
+    assert sweepers.restore_from_lost_workers(now=later) == 4
 
     assert waiting(client) == 4
     assert client.hlen("unacked") == 2
     with worker_loss.broker_channel() as channel:
         assert worker_loss.indexed_workers(channel) == ["alive@host"]
-    assert services.restore_from_lost_workers(now=later) == 0
+    assert sweepers.restore_from_lost_workers(now=later) == 0
 
 
 def test_the_sweeper_leaves_what_a_worker_took_after_its_heartbeat_went_stale(
@@ -218,7 +218,7 @@ def test_the_sweeper_leaves_what_a_worker_took_after_its_heartbeat_went_stale(
     beat("restarted@host", at=timezone.now() - timeout - timedelta(seconds=5))
     take("restarted@host", 1)
 
-    assert services.restore_from_lost_workers() == 0
+    assert sweepers.restore_from_lost_workers() == 0
     assert client.zcard(worker_loss.index_key("restarted@host")) == 1
 
 
@@ -230,9 +230,9 @@ def test_the_sweeper_puts_back_old_messages_of_the_shared_index(
         services.enqueue("system.noop")
     take("", 2, index=worker_loss.SHARED_INDEX)
 
-    assert services.restore_from_lost_workers() == 0
+    assert sweepers.restore_from_lost_workers() == 0
     later = timezone.now() + timedelta(seconds=settings.WORKER_HEARTBEAT_TIMEOUT + 1)
-    assert services.restore_from_lost_workers(now=later) == 2
+    assert sweepers.restore_from_lost_workers(now=later) == 2
     assert waiting(client) == 2
     assert client.hlen("unacked") == 0
 
@@ -246,11 +246,11 @@ def test_a_sweeper_leaves_the_messages_while_another_puts_them_back(
     with worker_loss.broker_channel() as channel:
         with worker_loss.restore_turn(channel, hold_for=10) as mine:
             assert mine
-            assert services.restore_from_lost_workers() == 0
-    assert services.restore_from_lost_workers() == 0  # taken just now, no row yet
+            assert sweepers.restore_from_lost_workers() == 0
+    assert sweepers.restore_from_lost_workers() == 0  # taken just now, no row yet
     later = timezone.now() + timedelta(seconds=60)
-    assert services.restore_from_lost_workers(now=later) == 1
-    assert services.restore_from_lost_workers(now=later) == 0
+    assert sweepers.restore_from_lost_workers(now=later) == 1
+    assert sweepers.restore_from_lost_workers(now=later) == 0
 
 
 def test_a_broker_that_is_not_redis_has_no_indexes(
@@ -260,4 +260,4 @@ def test_a_broker_that_is_not_redis_has_no_indexes(
     monkeypatch.setattr(worker_loss, "bounded_connection", amqp.connection_for_write)
 
     with django_assert_num_queries(0):
-        assert services.restore_from_lost_workers() == 0
+        assert sweepers.restore_from_lost_workers() == 0

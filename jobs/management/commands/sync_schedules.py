@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import schedules
+from jobs import scheduling
 
 
 class Command(BaseCommand):
@@ -11,7 +11,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         try:
-            result = schedules.sync()
+            result = scheduling.sync()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         for label, names in [

@@ -30,6 +30,8 @@ from django.db import connection
 
 from jobsite.celery_app import app
 
+from . import sweepers
+
 log = logging.getLogger(__name__)
 
 SLOTS = 256
@@ -80,13 +82,11 @@ def requeue_job_of_lost_process(
     """Requeue the job a dead pool process held, through the attempt fence, and send
     its message unless `send` is false. True when the job went back to the queue (or
     failed, after too many stalls)."""
-    from . import services
-
     attempt = attempt_held_by(pid, job_id) if pid else None
     if attempt is None:
         log.info("Pool process %s died before holding job %s; nothing to recover", pid, job_id)
         return False
-    return services.recover_lost(job_id, attempt, reason, send=send)
+    return sweepers.recover_lost(job_id, attempt, reason, send=send)
 
 
 class JobRequest(Request):

@@ -1,4 +1,4 @@
-"""Worker liveness: each worker writes its own heartbeat row every few seconds, so
+"""Worker liveness: each worker writes its own row every few seconds (WorkerHeartbeat), so
 `/health/` knows which workers are alive without a slow broadcast to all of them."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .models import WorkerHeartbeat
 log = logging.getLogger(__name__)
 
 
-class HeartbeatWriter:
+class LivenessWriter:
     def __init__(self, hostname: str, queues: list[str], interval: float):
         self.hostname = hostname
         self.queues = queues

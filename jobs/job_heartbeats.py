@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import Q
 from django.utils import timezone
 
-from . import lost_workers
-from .models import Job, Status
+from . import process_loss
+from .models import Job
+from .store import job_store
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,7 @@ class HeartbeatThread:
             return 0
         # The attempt number fences the update: a job recovered and claimed elsewhere
         # is not kept alive by its old holder.
-        still_held = Q()
-        for job_id, attempts in held:
-            still_held |= Q(id=job_id, attempts=attempts)
-        return (
-            Job.objects.filter(still_held, status=Status.RUNNING)
-            .order_by()
-            .update(heartbeat_at=timezone.now())
-        )
+        return job_store().heartbeat(held, timezone.now())
 
     def _run(self) -> None:
         stop = threading.Event()
@@ -90,9 +83,9 @@ def holding(job: Job) -> Iterator[None]:
     main process know which attempt this process holds should it die."""
     thread = _heartbeat_thread()
     thread.add(job)
-    lost_workers.hold(job.id, job.attempts)
+    process_loss.hold(job.id, job.attempts)
     try:
         yield
     finally:
-        lost_workers.release()
+        process_loss.release()
         thread.remove(job)

@@ -1,0 +1,634 @@
+"""The one writer of a job's state.
+
+Every status change of a job (created, claimed, progress and heartbeats, finished, a
+retry scheduled, requeued after a stall, a lost process or a hand-back, cancelled, retried
+by hand) and the marks that say its message was sent are written here, each with its
+timeline event in the same statement or transaction. Nothing else writes `Job.status`.
+
+A run holds its job while the row is `running` with `attempts` equal to the attempt the
+run claimed: that is the fence every write of a run goes through (`held`, and `HELD`
+in SQL). A job recovered and claimed again has a higher attempt, so its old run can
+no longer write anything.
+
+`JobStore` writes through the ORM, on any database. `PostgresJobStore` writes the hot
+path (create, claim, finish, a retry, the dispatch mark) as single statements with fixed
+SQL: the UPDATE and the event's INSERT as one data-modifying `WITH` statement, many ids
+as one string. Building those statements through the ORM for every job cost more CPU
+than the job itself (bench/). `job_store()` picks one for the database, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.db import connections, transaction
+from django.db.backends.utils import CursorWrapper
+from django.db.models import F, JSONField, Q, QuerySet
+
+from .models import RETRYABLE_STATUSES, EventKind, Job, JobEvent, Status
+
+ENDED_BY = {
+    Status.SUCCEEDED: EventKind.SUCCEEDED,
+    Status.FAILED: EventKind.FAILED,
+    Status.CANCELLED: EventKind.CANCELLED,
+}
+# The fields a job polled for its status shows (GET /api/jobs/<id>/status/).
+STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at"]
+
+
+def held(job_id: Any, attempt: int) -> QuerySet[Job]:
+    """The job, only while the run that claimed `attempt` of it still holds it."""
+    return Job.objects.filter(id=job_id, status=Status.RUNNING, attempts=attempt)
+
+
+# What goes with a job's return to the queue: its message is gone, it runs now.
+_REQUEUED = {"dispatched_at": None, "heartbeat_at": None, "run_at": None}
+
+
+def created_message(job: Job) -> str:
+    if job.run_at:
+        return f"Created, to run at {job.run_at.isoformat()}"
+    return "Created"
+
+
+class JobStore:
+    """Status changes through the ORM: the row and its event in one transaction."""
+
+    # --- creating ------------------------------------------------------------------
+
+    def insert(self, job: Job) -> None:
+        """Insert a new job with its `created` event and, when it is already marked
+        dispatched, its `dispatched` event."""
+        with transaction.atomic():
+            job.save(force_insert=True)
+            events = [JobEvent(job=job, kind=EventKind.CREATED, message=created_message(job))]
+            if job.dispatched_at:
+                events.append(JobEvent(job=job, kind=EventKind.DISPATCHED))
+            JobEvent.objects.bulk_create(events)
+
+    def insert_many(self, jobs: Sequence[Job], now: datetime) -> None:
+        """Insert new jobs with their `created` (and `dispatched`) events. Runs inside
+        the caller's transaction."""
+        if not jobs:
+            return
+        with transaction.atomic():
+            for job in jobs:
+                job.created_at = job.updated_at = now
+            Job.objects.bulk_create(jobs, batch_size=1000)
+            self._add_events(EventKind.CREATED, [(j.id, created_message(j), 0) for j in jobs])
+            sent = [j for j in jobs if j.dispatched_at]
+            self._add_events(EventKind.DISPATCHED, [(j.id, "", 0) for j in sent])
+
+    # --- dispatch marks --------------------------------------------------------------
+
+    def mark_dispatched(self, jobs: Sequence[Job], now: datetime) -> None:
+        """Record that the jobs' messages were sent at `now`."""
+        with transaction.atomic():
+            Job.objects.filter(id__in=[job.id for job in jobs]).update(dispatched_at=now)
+            self._add_events(EventKind.DISPATCHED, [(j.id, "", j.attempts) for j in jobs])
+
+    def unmark_dispatched(self, jobs: Sequence[Job]) -> None:
+        """Take back the dispatch mark of new jobs whose messages could not be sent."""
+        ids = [job.id for job in jobs]
+        with transaction.atomic():
+            Job.objects.filter(id__in=ids).update(dispatched_at=None)
+            JobEvent.objects.filter(job_id__in=ids, kind=EventKind.DISPATCHED).delete()
+
+    def forget_message(self, job_id: Any) -> None:
+        """The job's message is gone (it came too early and was dropped): the job waits
+        for a new one."""
+        Job.objects.filter(id=job_id, status=Status.QUEUED).update(dispatched_at=None)
+
+    # --- a run -----------------------------------------------------------------------
+
+    def claim(self, job_id: Any, now: datetime, due: datetime) -> Job | None:
+        """Move a queued job whose time (`run_at`, compared with `due`) has come to
+        running, add its `started` event and return it; None when it is not claimable."""
+        claimable = Job.objects.filter(id=job_id, status=Status.QUEUED).filter(
+            Q(run_at__isnull=True) | Q(run_at__lte=due)
+        )
+        with transaction.atomic():
+            claimed = claimable.update(
+                status=Status.RUNNING,
+                attempts=F("attempts") + 1,
+                started_at=now,
+                heartbeat_at=now,
+                finished_at=None,
+                progress=0,
+                message="Running",
+                updated_at=now,
+            )
+            if not claimed:
+                return None
+            job = Job.objects.get(id=job_id)
+            self._add_event(job, EventKind.STARTED, f"Attempt {job.attempts} of {job.max_attempts}")
+        return job
+
+    def claimed_at(self, job_id: Any, started_at: datetime) -> Job | None:
+        """The job if a claim made at `started_at` holds it (that claim's answer may
+        have been lost with its connection)."""
+        return Job.objects.filter(id=job_id, status=Status.RUNNING, started_at=started_at).first()
+
+    def progress(
+        self, job: Job, percent: int, message: str, milestone: int | None, now: datetime
+    ) -> bool:
+        """Record a held, not cancelling, run's progress (and a `progress` event when it
+        passed a `milestone`); the write refreshes its heartbeat. False when the run no
+        longer holds the job or its cancellation was requested."""
+        running = held(job.id, job.attempts).filter(cancel_requested=False)
+        changes = {"progress": percent, "message": message[:255], "heartbeat_at": now}
+        if milestone is None:
+            return bool(running.update(**changes, updated_at=now))
+        with transaction.atomic():
+            if not running.update(**changes, updated_at=now):
+                return False
+            text = f"{milestone}% {message}".strip()
+            self._add_event(job, EventKind.PROGRESS, text)
+        return True
+
+    def is_held(self, job: Job) -> bool:
+        """Whether the run still holds the job and no cancellation was requested."""
+        return held(job.id, job.attempts).filter(cancel_requested=False).exists()
+
+    def is_cancelling(self, job: Job) -> bool:
+        """Whether the run still holds the job and its cancellation was requested."""
+        return held(job.id, job.attempts).filter(cancel_requested=True).exists()
+
+    def heartbeat(self, runs: Iterable[tuple[Any, int]], now: datetime) -> int:
+        """Refresh the heartbeat of each (job id, attempt) run still holding its job."""
+        still_held = Q()
+        for job_id, attempt in runs:
+            still_held |= Q(id=job_id, attempts=attempt)
+        if not still_held:
+            return 0
+        return (
+            Job.objects.filter(still_held, status=Status.RUNNING)
+            .order_by()
+            .update(heartbeat_at=now)
+        )
+
+    def finish(
+        self,
+        job: Job,
+        status: str,
+        now: datetime,
+        *,
+        result: Any = None,
+        error: str = "",
+        progress: int | None = None,
+        message: str | None = None,
+    ) -> bool:
+        """End the held run of `job` with `status` and its event. False when the run
+        no longer holds the job."""
+        changes: dict[str, Any] = {
+            "status": status,
+            "result": result,
+            "error": error,
+            "finished_at": now,
+            "updated_at": now,
+            "cancel_requested": False,
+        }
+        if progress is not None:
+            changes["progress"] = progress
+        if message is not None:
+            changes["message"] = message
+        with transaction.atomic():
+            if not held(job.id, job.attempts).update(**changes):
+                return False
+            self._add_event(job, ENDED_BY[status], error)
+        return True
+
+    def ended_as(self, job: Job, status: str) -> bool:
+        """Whether the run's attempt ended the job with `status`."""
+        return Job.objects.filter(id=job.id, attempts=job.attempts, status=status).exists()
+
+    def schedule_retry(
+        self, job: Job, now: datetime, *, run_at: datetime, error: str, delay: float
+    ) -> bool:
+        """Put the held run's job back in the queue to run again at `run_at` after its
+        attempt failed with `error`. False when the run no longer holds the job."""
+        with transaction.atomic():
+            if not held(job.id, job.attempts).update(
+                status=Status.QUEUED,
+                run_at=run_at,
+                dispatched_at=None,
+                heartbeat_at=None,
+                error=error,
+                message=f"Retrying in {delay:g}s",
+                updated_at=now,
+            ):
+                return False
+            self._add_event(job, EventKind.RETRY_SCHEDULED, f"{error[:400]} — retry in {delay:g}s")
+        return True
+
+    # --- requeue after a loss ----------------------------------------------------------
+
+    def requeue_stalled(
+        self,
+        job: Job,
+        now: datetime,
+        *,
+        event: str,
+        cause: str,
+        message: str,
+        heartbeat_before: datetime | None = None,
+    ) -> str | None:
+        """Put the job `job`'s run held back in the queue (its worker or process died),
+        or fail it once it has stalled JOBS_MAX_STALLED times; only while that run
+        still holds it and, with `heartbeat_before`, has not beaten since. Returns the
+        new status, None when the run no longer held the job."""
+        still_held = held(job.id, job.attempts)
+        if heartbeat_before is not None:
+            still_held = still_held.filter(heartbeat_at__lt=heartbeat_before)
+        with transaction.atomic():
+            if job.stalled_count >= settings.JOBS_MAX_STALLED:
+                error = f"Stalled {job.stalled_count + 1} times: {cause}."
+                if not still_held.update(
+                    status=Status.FAILED, error=error, finished_at=now, updated_at=now
+                ):
+                    return None
+                self._add_event(job, EventKind.FAILED, error)
+                return Status.FAILED
+            if not still_held.update(
+                status=Status.QUEUED,
+                stalled_count=job.stalled_count + 1,
+                message=message,
+                updated_at=now,
+                **_REQUEUED,
+            ):
+                return None
+            self._add_event(job, EventKind.RECOVERED, event)
+        job.status, job.run_at, job.dispatched_at = Status.QUEUED, None, None
+        return Status.QUEUED
+
+    def hand_back(self, job: Job, reason: str, now: datetime) -> bool:
+        """Put the job back in the queue at once: its worker is shutting down and will
+        not finish it. The attempt stays, so the old run can no longer write."""
+        with transaction.atomic():
+            if not held(job.id, job.attempts).update(
+                status=Status.QUEUED,
+                message="Handed back by a worker shutting down",
+                updated_at=now,
+                **_REQUEUED,
+            ):
+                return False
+            self._add_event(job, EventKind.RECOVERED, reason)
+        job.status, job.run_at, job.dispatched_at = Status.QUEUED, None, None
+        return True
+
+    # --- operators ---------------------------------------------------------------------
+
+    def cancel(self, job: Job, now: datetime) -> None:
+        """Cancel a queued job; ask a running one to stop at its next checkpoint."""
+        with transaction.atomic():
+            if Job.objects.filter(id=job.id, status=Status.QUEUED).update(
+                status=Status.CANCELLED, finished_at=now, updated_at=now, message="Cancelled"
+            ):
+                self._add_event(job, EventKind.CANCELLED)
+            elif Job.objects.filter(
+                id=job.id, status=Status.RUNNING, cancel_requested=False
+            ).update(cancel_requested=True, updated_at=now, message="Cancelling"):
+                self._add_event(job, EventKind.CANCEL_REQUESTED)
+
+    def retry(self, job_ids: Iterable[Any], now: datetime) -> list[Job]:
+        """Put the failed or cancelled jobs among `job_ids` back in the queue with a
+        fresh round of attempts; returns them as they now are."""
+        with transaction.atomic():
+            ids = list(
+                Job.objects.select_for_update()
+                .filter(id__in=list(job_ids), status__in=RETRYABLE_STATUSES)
+                .values_list("id", flat=True)
+            )
+            Job.objects.filter(id__in=ids, status__in=RETRYABLE_STATUSES).update(
+                status=Status.QUEUED,
+                attempts=0,
+                stalled_count=0,
+                cancel_requested=False,
+                error="",
+                result=None,
+                progress=0,
+                message="",
+                started_at=None,
+                finished_at=None,
+                updated_at=now,
+                **_REQUEUED,
+            )
+            self._add_events(EventKind.RETRIED, [(job_id, "Manual retry", 0) for job_id in ids])
+        return list(Job.objects.filter(id__in=ids))
+
+    # --- reading -----------------------------------------------------------------------
+
+    def status_row(self, job_id: Any) -> dict | None:
+        """The polled fields of a job and its owner_id, or None if there is no such job."""
+        return Job.objects.filter(id=job_id).values("owner_id", *STATUS_FIELDS).first()
+
+    def active_count(self, owner, *, up_to: int) -> int:
+        """How many of `owner`'s jobs are queued or running, counting no further than `up_to`."""
+        return len(
+            Job.objects.filter(owner=owner, status__in=[Status.QUEUED, Status.RUNNING])
+            .order_by()
+            .values_list("id", flat=True)[:up_to]
+        )
+
+    # --- events ------------------------------------------------------------------------
+
+    def _add_event(self, job: Job, kind: str, message: str = "") -> None:
+        JobEvent.objects.create(
+            job_id=job.id, kind=kind, message=message[:500], attempt=job.attempts
+        )
+
+    def _add_events(self, kind: str, rows: list[tuple[Any, str, int]]) -> None:
+        """One `kind` event per (job id, message, attempt) row."""
+        JobEvent.objects.bulk_create(
+            [
+                JobEvent(job_id=job_id, kind=kind, message=message[:500], attempt=attempt)
+                for job_id, message, attempt in rows
+            ],
+            batch_size=1000,
+        )
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+JOBS = Job._meta.db_table
+EVENTS = JobEvent._meta.db_table
+_FIELDS = Job._meta.concrete_fields
+_COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS)
+_JOB_COLUMNS = ", ".join(f'job."{f.column}"' for f in _FIELDS)
+ADD_EVENT = f'INSERT INTO "{EVENTS}" (job_id, kind, message, attempt, created_at) '
+# Many ids go to PostgreSQL as one comma-separated string: quoting one string is far
+# cheaper than quoting an array literal of thousands of UUIDs.
+UUIDS = "string_to_array(%s, ',')::uuid[]"
+# The fence, on the locked row of a `target` CTE.
+HELD = "target.status = 'running' AND target.attempts = %(attempt)s"
+
+# The row is found by primary key alone and locked first; its state is checked on the
+# locked row. Written as `WHERE id = ? AND status = 'queued'`, the planner may instead
+# walk an index of all queued rows whenever its statistics underestimate them (right
+# after a burst of new jobs, before the next ANALYZE), making each claim cost as much as
+# the whole backlog. The finish and the retry do the same for the running rows.
+_TARGET = f"""target AS (
+    SELECT id, status, run_at, attempts FROM "{JOBS}" WHERE id = %(id)s FOR NO KEY UPDATE
+)"""
+
+CLAIM_SQL = f"""
+WITH {_TARGET}, claimed AS (
+    UPDATE "{JOBS}" AS job
+    SET status = 'running', attempts = job.attempts + 1, started_at = %(now)s,
+        heartbeat_at = %(now)s, finished_at = NULL, progress = 0, message = 'Running',
+        updated_at = %(now)s
+    FROM target
+    WHERE job.id = target.id AND target.status = 'queued'
+        AND (target.run_at IS NULL OR target.run_at <= %(due)s)
+    RETURNING {_JOB_COLUMNS}
+), started AS (
+    {ADD_EVENT}
+    SELECT id, 'started', 'Attempt ' || attempts || ' of ' || max_attempts, attempts, %(now)s
+    FROM claimed
+)
+SELECT {_COLUMNS} FROM claimed
+"""
+
+FINISH_SQL = f"""
+WITH {_TARGET}, ended AS (
+    UPDATE "{JOBS}" AS job
+    SET status = %(status)s, result = %(result)s, error = %(error)s,
+        progress = COALESCE(%(progress)s, job.progress),
+        message = COALESCE(%(message)s, job.message),
+        finished_at = %(now)s, updated_at = %(now)s, cancel_requested = false
+    FROM target
+    WHERE job.id = target.id AND {HELD}
+    RETURNING job.id, job.attempts
+)
+{ADD_EVENT} SELECT id, %(kind)s, %(event_message)s, attempts, %(now)s FROM ended
+"""
+
+RETRY_SQL = f"""
+WITH {_TARGET}, rescheduled AS (
+    UPDATE "{JOBS}" AS job
+    SET status = 'queued', run_at = %(run_at)s, dispatched_at = NULL, heartbeat_at = NULL,
+        error = %(error)s, message = %(message)s, updated_at = %(now)s
+    FROM target
+    WHERE job.id = target.id AND {HELD}
+    RETURNING job.id, job.attempts
+)
+{ADD_EVENT} SELECT id, 'retry_scheduled', %(event_message)s, attempts, %(now)s FROM rescheduled
+"""
+
+INSERT_SQL = f"""
+WITH created AS (
+    INSERT INTO "{JOBS}" ({_COLUMNS}) VALUES ({", ".join(["%s"] * len(_FIELDS))})
+    RETURNING id, created_at, dispatched_at
+)
+{ADD_EVENT} SELECT id, 'created', %s, 0, created_at FROM created
+UNION ALL SELECT id, 'dispatched', '', 0, created_at FROM created WHERE dispatched_at IS NOT NULL
+"""
+
+MARK_DISPATCHED_SQL = f"""
+WITH sent AS (
+    UPDATE "{JOBS}" SET dispatched_at = %s WHERE id = ANY({UUIDS}) RETURNING id, attempts
+)
+{ADD_EVENT} SELECT id, 'dispatched', '', attempts, %s FROM sent
+"""
+
+# Polled by clients about once a second per job they watch. Looked up by primary key
+# alone, the owner checked afterwards: with `owner_id = %s` in the WHERE clause too,
+# PostgreSQL may walk the owner's index through all their jobs (it did in benchmark 3,
+# until the table's statistics caught up with a burst of new jobs).
+STATUS_SQL = f'SELECT owner_id, {", ".join(STATUS_FIELDS)} FROM "{JOBS}" WHERE id = %s'
+
+# Counted for every job a user creates through the API. An index-only scan of
+# job_owner_status (owner_id, status, ...) reads just the owner's active entries, and
+# the LIMIT stops it at the cap.
+ACTIVE_COUNT_SQL = (
+    f'SELECT count(*) FROM (SELECT 1 FROM "{JOBS}" '
+    "WHERE owner_id = %s AND status IN (%s, %s) LIMIT %s) AS active"
+)
+
+
+class PostgresJobStore(JobStore):
+    """The hot path as single statements with fixed SQL; the rest as `JobStore`."""
+
+    def insert(self, job: Job) -> None:
+        connection = _connection()
+        values = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in _FIELDS]
+        with connection.cursor() as cursor:
+            cursor.execute(INSERT_SQL, (*values, created_message(job)))
+        job._state.adding = False
+        job._state.db = Job.objects.db
+
+    def insert_many(self, jobs: Sequence[Job], now: datetime) -> None:
+        """Through COPY, which takes the values as they are instead of preparing every
+        field of every row in Python (a fifth of the time for a large batch)."""
+        if not jobs:
+            return
+        for job in jobs:
+            job.created_at = job.updated_at = now
+        with transaction.atomic(), _connection().cursor() as cursor:
+            with cursor.copy(f'COPY "{JOBS}" ({_COLUMNS}) FROM STDIN') as copy:
+                for job in jobs:
+                    copy.write_row([_copy_value(field, job) for field in _FIELDS])
+            for job in jobs:
+                job._state.adding = False
+                job._state.db = Job.objects.db
+            self._add_events_at(
+                cursor, EventKind.CREATED, [(j.id, created_message(j), 0) for j in jobs], now
+            )
+            sent = [(j.id, "", 0) for j in jobs if j.dispatched_at]
+            self._add_events_at(cursor, EventKind.DISPATCHED, sent, now)
+
+    def mark_dispatched(self, jobs: Sequence[Job], now: datetime) -> None:
+        with _connection().cursor() as cursor:
+            cursor.execute(MARK_DISPATCHED_SQL, (now, _joined(job.id for job in jobs), now))
+
+    def claim(self, job_id: Any, now: datetime, due: datetime) -> Job | None:
+        connection = _connection()
+        with _prepared_cursor(connection) as cursor:
+            cursor.execute(CLAIM_SQL, {"id": job_id, "now": now, "due": due})
+            row = cursor.fetchone()
+        return None if row is None else _job_from_row(row, connection)
+
+    def finish(
+        self,
+        job: Job,
+        status: str,
+        now: datetime,
+        *,
+        result: Any = None,
+        error: str = "",
+        progress: int | None = None,
+        message: str | None = None,
+    ) -> bool:
+        connection = _connection()
+        params = {
+            "id": job.id,
+            "attempt": job.attempts,
+            "status": status,
+            "result": _RESULT.get_db_prep_save(result, connection),
+            "error": error,
+            "progress": progress,
+            "message": message,
+            "now": now,
+            "kind": ENDED_BY[status],
+            "event_message": error[:500],
+        }
+        with _prepared_cursor(connection) as cursor:
+            cursor.execute(FINISH_SQL, params)
+            return cursor.rowcount > 0
+
+    def schedule_retry(
+        self, job: Job, now: datetime, *, run_at: datetime, error: str, delay: float
+    ) -> bool:
+        params = {
+            "id": job.id,
+            "attempt": job.attempts,
+            "run_at": run_at,
+            "error": error,
+            "message": f"Retrying in {delay:g}s",
+            "now": now,
+            "event_message": f"{error[:400]} — retry in {delay:g}s"[:500],
+        }
+        with _prepared_cursor(_connection()) as cursor:
+            cursor.execute(RETRY_SQL, params)
+            return cursor.rowcount > 0
+
+    def status_row(self, job_id: Any) -> dict | None:
+        # psycopg returns the values as Python types: no ORM needed to read them.
+        with _connection().cursor() as cursor:
+            cursor.execute(STATUS_SQL, [job_id])
+            found = cursor.fetchone()
+        return dict(zip(["owner_id", *STATUS_FIELDS], found, strict=True)) if found else None
+
+    def active_count(self, owner, *, up_to: int) -> int:
+        with _connection().cursor() as cursor:
+            cursor.execute(ACTIVE_COUNT_SQL, [owner.pk, Status.QUEUED, Status.RUNNING, up_to])
+            return cursor.fetchone()[0]
+
+    def _add_events_at(
+        self, cursor, kind: str, rows: list[tuple[Any, str, int]], now: datetime
+    ) -> None:
+        if not rows:
+            return
+        ids, texts, attempts = zip(*rows, strict=True)
+        if len(set(texts)) == 1 and len(set(attempts)) == 1:
+            cursor.execute(
+                ADD_EVENT + f"SELECT id, %s, %s, %s, %s FROM unnest({UUIDS}) AS id",
+                (kind, texts[0], attempts[0], now, _joined(ids)),
+            )
+            return
+        cursor.execute(
+            ADD_EVENT + "SELECT job_id, %s, message, attempt, %s "
+            f"FROM unnest({UUIDS}, %s::text[], %s::int[]) AS e(job_id, message, attempt)",
+            (kind, now, _joined(ids), list(texts), list(attempts)),
+        )
+
+
+_RESULT = Job._meta.get_field("result")
+
+
+def _connection():
+    return connections[Job.objects.db]
+
+
+class _PreparingCursor(psycopg.Cursor):
+    """Binds parameters on the server and has PostgreSQL plan each statement once per
+    connection (Django's own cursors bind on the client, so every run is parsed and
+    planned anew)."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True, binary=binary)
+
+
+NEVER_AUTOMATICALLY = 2**31
+
+
+def _prepared_cursor(connection) -> CursorWrapper:
+    """A cursor for the statements every job runs: as prepared statements they cost
+    PostgreSQL half the CPU (bench/). JOBS_PREPARED_STATEMENTS=0 turns them off for
+    connection poolers that cannot keep prepared statements (PgBouncer before 1.21 in
+    transaction mode)."""
+    if not settings.JOBS_PREPARED_STATEMENTS:
+        return connection.cursor()
+    connection.ensure_connection()
+    if connection.connection.prepare_threshold is None:
+        # Django turns psycopg's automatic preparing off; a threshold is needed for any
+        # preparing at all. Django's own cursors bind on the client and never prepare,
+        # so this prepares just what a _PreparingCursor runs.
+        connection.connection.prepare_threshold = NEVER_AUTOMATICALLY
+    cursor = _PreparingCursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
+
+
+def _job_from_row(row, connection) -> Job:
+    values = [
+        f.from_db_value(value, None, connection) if hasattr(f, "from_db_value") else value
+        for f, value in zip(_FIELDS, row, strict=True)
+    ]
+    return Job.from_db(Job.objects.db, [f.attname for f in _FIELDS], values)
+
+
+def _copy_value(field, job: Job) -> Any:
+    value = getattr(job, field.attname)
+    if value is not None and isinstance(field, JSONField):
+        return json.dumps(value, cls=field.encoder)
+    return value
+
+
+def _joined(ids) -> str:
+    return ",".join(str(i) for i in ids)
+
+
+@cache
+def job_store() -> JobStore:
+    """The store for the jobs' database."""
+    if _connection().vendor == "postgresql":
+        return PostgresJobStore()
+    return JobStore()
