@@ -43,7 +43,7 @@ def make_task(jt: JobType) -> Task:
         # Requeues the job at once if the pool process running it dies.
         Request=lost_workers.JobRequest,
         # The job's row is its result; a second copy per run in the result backend
-        # costs several statements per job (see the README's Performance section).
+        # costs several statements per job (see docs/performance.md).
         ignore_result=not settings.JOBS_STORE_TASK_RESULTS,
         soft_time_limit=jt.soft_time_limit,
         time_limit=jt.soft_time_limit + 30,
