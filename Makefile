@@ -37,7 +37,8 @@ bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The chaos soak: its own PostgreSQL (initdb) and Redis, the Procfile's processes, a mixed
-# load (CHAOS_JOBS, 10,000 by default) under a fault schedule (CHAOS_FAULTS); see the README.
+# load (CHAOS_JOBS, 10,000 by default) under a fault schedule (CHAOS_FAULTS); see
+# docs/failure-modes.md.
 chaos: install
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
