@@ -3,6 +3,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Status(models.TextChoices):
@@ -180,7 +181,8 @@ class JobEvent(models.Model):
     kind = models.CharField(max_length=32, choices=EventKind.choices)
     message = models.CharField(max_length=500, blank=True, default="")
     attempt = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # The moment of the change it records (the store passes it), not of the INSERT.
+    created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -67,10 +67,11 @@ class JobStore:
         dispatched, its `dispatched` event."""
         with transaction.atomic():
             job.save(force_insert=True)
-            events = [JobEvent(job=job, kind=EventKind.CREATED, message=created_message(job))]
-            if job.dispatched_at:
-                events.append(JobEvent(job=job, kind=EventKind.DISPATCHED))
-            JobEvent.objects.bulk_create(events)
+            kinds = [EventKind.CREATED] + [EventKind.DISPATCHED] * bool(job.dispatched_at)
+            messages = {EventKind.CREATED: created_message(job)}
+            rows = [(job.id, messages.get(kind, ""), 0) for kind in kinds]
+            for kind, row in zip(kinds, rows, strict=True):
+                self._add_events(kind, [row], job.created_at)
 
     def insert_many(self, jobs: Sequence[Job], now: datetime) -> None:
         """Insert new jobs with their `created` (and `dispatched`) events. Runs inside
@@ -78,12 +79,14 @@ class JobStore:
         if not jobs:
             return
         with transaction.atomic():
+            Job.objects.bulk_create(jobs, batch_size=1000)
+            # bulk_create stamps auto_now fields with its own moment.
+            Job.objects.filter(id__in=[j.id for j in jobs]).update(created_at=now, updated_at=now)
             for job in jobs:
                 job.created_at = job.updated_at = now
-            Job.objects.bulk_create(jobs, batch_size=1000)
-            self._add_events(EventKind.CREATED, [(j.id, created_message(j), 0) for j in jobs])
+            self._add_events(EventKind.CREATED, [(j.id, created_message(j), 0) for j in jobs], now)
             sent = [j for j in jobs if j.dispatched_at]
-            self._add_events(EventKind.DISPATCHED, [(j.id, "", 0) for j in sent])
+            self._add_events(EventKind.DISPATCHED, [(j.id, "", 0) for j in sent], now)
 
     # --- dispatch marks --------------------------------------------------------------
 
@@ -91,7 +94,7 @@ class JobStore:
         """Record that the jobs' messages were sent at `now`."""
         with transaction.atomic():
             Job.objects.filter(id__in=[job.id for job in jobs]).update(dispatched_at=now)
-            self._add_events(EventKind.DISPATCHED, [(j.id, "", j.attempts) for j in jobs])
+            self._add_events(EventKind.DISPATCHED, [(j.id, "", j.attempts) for j in jobs], now)
 
     def unmark_dispatched(self, jobs: Sequence[Job]) -> None:
         """Take back the dispatch mark of new jobs whose messages could not be sent."""
@@ -127,7 +130,9 @@ class JobStore:
             if not claimed:
                 return None
             job = Job.objects.get(id=job_id)
-            self._add_event(job, EventKind.STARTED, f"Attempt {job.attempts} of {job.max_attempts}")
+            self._add_event(
+                job, EventKind.STARTED, now, f"Attempt {job.attempts} of {job.max_attempts}"
+            )
         return job
 
     def claimed_at(self, job_id: Any, started_at: datetime) -> Job | None:
@@ -149,7 +154,7 @@ class JobStore:
             if not running.update(**changes, updated_at=now):
                 return False
             text = f"{milestone}% {message}".strip()
-            self._add_event(job, EventKind.PROGRESS, text)
+            self._add_event(job, EventKind.PROGRESS, now, text)
         return True
 
     def is_held(self, job: Job) -> bool:
@@ -201,7 +206,7 @@ class JobStore:
         with transaction.atomic():
             if not held(job.id, job.attempts).update(**changes):
                 return False
-            self._add_event(job, ENDED_BY[status], error)
+            self._add_event(job, ENDED_BY[status], now, error)
         return True
 
     def ended_as(self, job: Job, status: str) -> bool:
@@ -224,7 +229,9 @@ class JobStore:
                 updated_at=now,
             ):
                 return False
-            self._add_event(job, EventKind.RETRY_SCHEDULED, f"{error[:400]} — retry in {delay:g}s")
+            self._add_event(
+                job, EventKind.RETRY_SCHEDULED, now, f"{error[:400]} — retry in {delay:g}s"
+            )
         return True
 
     # --- requeue after a loss ----------------------------------------------------------
@@ -253,7 +260,7 @@ class JobStore:
                     status=Status.FAILED, error=error, finished_at=now, updated_at=now
                 ):
                     return None
-                self._add_event(job, EventKind.FAILED, error)
+                self._add_event(job, EventKind.FAILED, now, error)
                 return Status.FAILED
             if not still_held.update(
                 status=Status.QUEUED,
@@ -263,7 +270,7 @@ class JobStore:
                 **_REQUEUED,
             ):
                 return None
-            self._add_event(job, EventKind.RECOVERED, event)
+            self._add_event(job, EventKind.RECOVERED, now, event)
         job.status, job.run_at, job.dispatched_at = Status.QUEUED, None, None
         return Status.QUEUED
 
@@ -278,7 +285,7 @@ class JobStore:
                 **_REQUEUED,
             ):
                 return False
-            self._add_event(job, EventKind.RECOVERED, reason)
+            self._add_event(job, EventKind.RECOVERED, now, reason)
         job.status, job.run_at, job.dispatched_at = Status.QUEUED, None, None
         return True
 
@@ -290,11 +297,11 @@ class JobStore:
             if Job.objects.filter(id=job.id, status=Status.QUEUED).update(
                 status=Status.CANCELLED, finished_at=now, updated_at=now, message="Cancelled"
             ):
-                self._add_event(job, EventKind.CANCELLED)
+                self._add_event(job, EventKind.CANCELLED, now)
             elif Job.objects.filter(
                 id=job.id, status=Status.RUNNING, cancel_requested=False
             ).update(cancel_requested=True, updated_at=now, message="Cancelling"):
-                self._add_event(job, EventKind.CANCEL_REQUESTED)
+                self._add_event(job, EventKind.CANCEL_REQUESTED, now)
 
     def retry(self, job_ids: Iterable[Any], now: datetime) -> list[Job]:
         """Put the failed or cancelled jobs among `job_ids` back in the queue with a
@@ -319,7 +326,9 @@ class JobStore:
                 updated_at=now,
                 **_REQUEUED,
             )
-            self._add_events(EventKind.RETRIED, [(job_id, "Manual retry", 0) for job_id in ids])
+            self._add_events(
+                EventKind.RETRIED, [(job_id, "Manual retry", 0) for job_id in ids], now
+            )
         return list(Job.objects.filter(id__in=ids))
 
     # --- reading -----------------------------------------------------------------------
@@ -338,16 +347,18 @@ class JobStore:
 
     # --- events ------------------------------------------------------------------------
 
-    def _add_event(self, job: Job, kind: str, message: str = "") -> None:
+    def _add_event(self, job: Job, kind: str, now: datetime, message: str = "") -> None:
         JobEvent.objects.create(
-            job_id=job.id, kind=kind, message=message[:500], attempt=job.attempts
+            job_id=job.id, kind=kind, message=message[:500], attempt=job.attempts, created_at=now
         )
 
-    def _add_events(self, kind: str, rows: list[tuple[Any, str, int]]) -> None:
+    def _add_events(self, kind: str, rows: list[tuple[Any, str, int]], now: datetime) -> None:
         """One `kind` event per (job id, message, attempt) row."""
         JobEvent.objects.bulk_create(
             [
-                JobEvent(job_id=job_id, kind=kind, message=message[:500], attempt=attempt)
+                JobEvent(
+                    job_id=job_id, kind=kind, message=message[:500], attempt=attempt, created_at=now
+                )
                 for job_id, message, attempt in rows
             ],
             batch_size=1000,
