@@ -1,3 +1,6 @@
+"""What a handler sees of its job (`JobContext`): the payload, checkpoints that record
+progress and notice a cancellation, and reservations of side effects."""
+
 from __future__ import annotations
 
 import contextlib

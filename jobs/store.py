@@ -67,11 +67,9 @@ class JobStore:
         dispatched, its `dispatched` event."""
         with transaction.atomic():
             job.save(force_insert=True)
-            kinds = [EventKind.CREATED] + [EventKind.DISPATCHED] * bool(job.dispatched_at)
-            messages = {EventKind.CREATED: created_message(job)}
-            rows = [(job.id, messages.get(kind, ""), 0) for kind in kinds]
-            for kind, row in zip(kinds, rows, strict=True):
-                self._add_events(kind, [row], job.created_at)
+            self._add_events(EventKind.CREATED, [(job.id, created_message(job), 0)], job.created_at)
+            if job.dispatched_at:
+                self._add_events(EventKind.DISPATCHED, [(job.id, "", 0)], job.created_at)
 
     def insert_many(self, jobs: Sequence[Job], now: datetime) -> None:
         """Insert new jobs with their `created` (and `dispatched`) events. Runs inside

@@ -17,7 +17,7 @@ hostname>` (the hash stays shared; publishers do not touch either):
   were taken by a previous process with the same hostname (killed, then restarted by
   its supervisor) or over the connection just lost;
 - the sweeper puts back the messages in the indexes of workers whose liveness heartbeat
-  (jobs/heartbeat.py) is older than WORKER_HEARTBEAT_TIMEOUT or gone, and those in the
+  (jobs/worker_liveness.py) is older than WORKER_HEARTBEAT_TIMEOUT or gone, and those in the
   shared index workers used before (`unacked_index`) once they are that old.
 
 A message put back whose job is running or has ended is dropped by the claim. Putting a
