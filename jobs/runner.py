@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -31,11 +31,14 @@ class ClaimFailed(Exception):
     and its message goes back to the queue."""
 
 
-def execute(job_id: str) -> str:
-    """Run the job if this message can claim it; return the outcome for the result backend."""
-    job = claim(job_id)
+def execute(job_id: str, *, now: datetime | None = None) -> str:
+    """Run the job if this message can claim it; return the outcome for the result backend.
+
+    `now` is the time of the claim and of a retry's schedule (the current time when
+    each happens, by default)."""
+    job = claim(job_id, now=now)
     if job is None:
-        return _handle_unclaimable(job_id)
+        return _handle_unclaimable(job_id, now or timezone.now())
     jt = registry.get(job.type)
     with job_log_context(job), heartbeats.holding(job):
         log.debug("Job started")
@@ -49,11 +52,11 @@ def execute(job_id: str) -> str:
         except PermanentError as exc:
             return _finish(job, Status.FAILED, error=str(exc) or type(exc).__name__)
         except Exception as exc:
-            return _fail_or_retry(job, jt, exc)
+            return _fail_or_retry(job, jt, exc, now or timezone.now())
         return _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
 
 
-def claim(job_id: str) -> Job | None:
+def claim(job_id: str, *, now: datetime | None = None) -> Job | None:
     """Take the job with one conditional UPDATE; None when it is not ours to run.
 
     The claim also writes the `started` event. On PostgreSQL the UPDATE, the event and
@@ -61,7 +64,7 @@ def claim(job_id: str) -> Job | None:
     died while the worker was idle (a database restart) is replaced; while the database
     stays unreachable the claim is tried again for a few seconds, then ClaimFailed.
     """
-    now = timezone.now()
+    now = now or timezone.now()
     tries = 0
 
     def claim_once() -> Job | None:
@@ -80,19 +83,19 @@ def claim(job_id: str) -> Job | None:
         raise ClaimFailed(f"Could not claim job {job_id}: {exc}") from exc
 
 
-def _handle_unclaimable(job_id: str) -> str:
+def _handle_unclaimable(job_id: str, now: datetime) -> str:
     """A message that cannot claim its job is acknowledged and dropped, except one that
     arrived before its job's time, which is sent again for the right moment."""
     job = Job.objects.filter(id=job_id).only("id", "status", "run_at", "type", "queue").first()
     if job is None:
         log.info("Dropped message for job %s, which does not exist", job_id)
         return "missing"
-    if job.status == Status.QUEUED and job.run_at and job.run_at > timezone.now():
+    if job.status == Status.QUEUED and job.run_at and job.run_at > now:
         from .services import dispatch
 
         Job.objects.filter(id=job.id).update(dispatched_at=None)
-        if job.run_at - timezone.now() <= timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX):
-            dispatch([Job.objects.get(id=job.id)])
+        if job.run_at - now <= timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX):
+            dispatch([Job.objects.get(id=job.id)], now=now)
         return "early"
     log.info("Dropped message for job %s (%s)", job_id, job.status)
     return "duplicate"
@@ -119,14 +122,13 @@ def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fie
     return status
 
 
-def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
+def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception, now: datetime) -> str:
     error = f"{type(exc).__name__}: {exc}"
     if job.attempts >= job.max_attempts:
         log.error("Job failed after %d attempts: %s", job.attempts, error)
         detail = "".join(traceback.format_exception(exc, limit=20))
         return _finish(job, Status.FAILED, error=f"{error}\n\n{detail}")
     delay = jt.backoff(job.attempts)
-    now = timezone.now()
     run_at = now + timedelta(seconds=delay)
     changes = {
         "status": Status.QUEUED,
@@ -155,7 +157,7 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception) -> str:
 
         job.status = Status.QUEUED
         job.run_at = run_at
-        dispatch([job])
+        dispatch([job], now=now)
     return "retry"
 
 
