@@ -4,6 +4,7 @@ time the test chooses instead of waiting for it."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,13 +51,17 @@ def event_kinds(job: Job | uuid.UUID | str) -> list[str]:
     return [kind for kind, _ in events(job)]
 
 
+_type_numbers = itertools.count(1)
+
+
 @contextmanager
-def job_type(
-    handler: Callable[[JobContext], Any], name: str = "tests.step", **options: Any
-) -> Iterator[registry.JobType]:
-    """A job type of the test's own, registered for the duration of the block."""
-    jt = registry.register(registry.JobType(name=name, handler=handler, **options))
+def job_type(handler: Callable[[JobContext], Any], **options: Any) -> Iterator[registry.JobType]:
+    """A job type of the test's own, named `tests.step<n>` (a new name each time, as a
+    type's task is made once per name), registered for the duration of the block."""
+    jt = registry.register(
+        registry.JobType(name=f"tests.step{next(_type_numbers)}", handler=handler, **options)
+    )
     try:
         yield jt
     finally:
-        registry._registry.pop(name, None)
+        registry._registry.pop(jt.name, None)

@@ -46,8 +46,8 @@ def test_a_running_job_stops_at_its_next_checkpoint(api, user):
         ctx.progress(50, "halfway")
         return "not reached"
 
-    with job_type(handler):
-        created = services.enqueue("tests.step", owner=user).job
+    with job_type(handler) as jt:
+        created = services.enqueue(jt.name, owner=user).job
         assert run(created) == "cancelled"
 
     [response] = cancelled
@@ -66,8 +66,8 @@ def test_a_checkpoint_without_progress_stops_a_cancelled_job_too(transactional_d
         services.cancel(Job.objects.get(id=ctx.job.id))
         ctx.check_cancelled()
 
-    with job_type(handler):
-        job = services.enqueue("tests.step").job
+    with job_type(handler) as jt:
+        job = services.enqueue(jt.name).job
         assert run(job) == "cancelled"
 
 

@@ -68,8 +68,8 @@ def test_backoff_doubles_up_to_the_types_maximum():
     def handler(ctx):
         raise RuntimeError("down")
 
-    with job_type(handler, max_attempts=10, backoff_base=5, backoff_max=30):
-        job = services.enqueue("tests.step").job
+    with job_type(handler, max_attempts=10, backoff_base=5, backoff_max=30) as jt:
+        job = services.enqueue(jt.name).job
         waits = []
         now = timezone.now()
         for _ in range(5):
@@ -85,8 +85,8 @@ def test_a_retry_further_ahead_than_the_broker_holds_waits_for_the_sweeper(setti
     def handler(ctx):
         raise RuntimeError("down")
 
-    with job_type(handler, backoff_base=settings.JOBS_BROKER_DELAY_MAX * 10):
-        job = services.enqueue("tests.step").job
+    with job_type(handler, backoff_base=settings.JOBS_BROKER_DELAY_MAX * 10) as jt:
+        job = services.enqueue(jt.name).job
         now = timezone.now()
         assert run(job, now=now) == "retry"
 

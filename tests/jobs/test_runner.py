@@ -37,8 +37,8 @@ def test_progress_passes_its_milestones_once_each():
             ctx.progress(percent, f"at {percent}")
         return {"done": True}
 
-    with job_type(handler):
-        job = services.enqueue("tests.step").job
+    with job_type(handler) as jt:
+        job = services.enqueue(jt.name).job
         assert run(job) == "succeeded"
 
     job = reloaded(job)
@@ -57,8 +57,8 @@ def test_a_run_whose_job_was_recovered_elsewhere_stops_at_its_next_checkpoint(se
         ctx.progress(50)
         return "not reached"
 
-    with job_type(handler):
-        job = services.enqueue("tests.step").job
+    with job_type(handler) as jt:
+        job = services.enqueue(jt.name).job
         assert run(job) == "lost"
 
     job = reloaded(job)
@@ -71,8 +71,8 @@ def test_a_run_that_ends_after_its_job_was_handed_back_records_nothing():
         services.hand_back([ctx.job.id], "Worker shutting down")
         return {"late": True}
 
-    with job_type(handler):
-        job = services.enqueue("tests.step").job
+    with job_type(handler) as jt:
+        job = services.enqueue(jt.name).job
         assert run(job) == "lost"
 
     job = reloaded(job)
