@@ -142,6 +142,11 @@ def register(jt: JobType) -> JobType:
     return jt
 
 
+def unregister(name: str) -> None:
+    """Forget job type `name` (a type a test registers for its own use)."""
+    _registry.pop(name, None)
+
+
 def job_type(name: str, **options: Any) -> Callable[[Handler], Handler]:
     """Register the decorated function as the handler of job type `name`."""
 

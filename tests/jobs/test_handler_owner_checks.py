@@ -1,10 +1,10 @@
 """Defence in depth: a job with an owner acts only on its owner's pages, images and
 reports, however it was created. A mismatch fails the job at once and changes nothing;
-jobs without an owner (created by the application) act on anyone's."""
+jobs without an owner (created by the application) act on anyone's. The jobs run in the
+test process."""
 
 import io
 
-import pytest
 from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
@@ -13,16 +13,12 @@ from jobs.models import Job, Status
 from notes import services as notes_services
 from notes.models import Image, ImageStatus
 from reports.models import Report
-from tests.support import wait_for
-
-pytestmark = pytest.mark.worker
+from tests.engine import reloaded, run
 
 
 def finished(job: Job) -> Job:
-    return wait_for(
-        lambda: (row := Job.objects.get(id=job.id)).is_finished and row,
-        what=f"job {job.id} to finish",
-    )
+    run(job)
+    return reloaded(job)
 
 
 def assert_refused(job: Job, what: str) -> None:
@@ -32,9 +28,7 @@ def assert_refused(job: Job, what: str) -> None:
     assert f"{what} does not belong to the owner of this job" in job.error
 
 
-def test_a_page_save_owned_by_another_user_fails_and_changes_nothing(
-    user, other_user, other_api, worker
-):
+def test_a_page_save_owned_by_another_user_fails_and_changes_nothing(user, other_user, other_api):
     page = notes_services.create_page(other_user, "Bob's page", "original")
 
     attack = services.enqueue(
@@ -47,12 +41,12 @@ def test_a_page_save_owned_by_another_user_fails_and_changes_nothing(
     page.refresh_from_db()
     assert (page.content, page.applied_version) == ("original", 0)
     saved = other_api.request("PATCH", f"/api/notes/pages/{page.id}/", json={"content": "mine"})
-    other_api.wait_for_status(saved.json()["job"]["id"], "succeeded")
+    assert run(saved.json()["job"]["id"]) == "succeeded"
     page.refresh_from_db()
     assert (page.content, page.applied_version) == ("mine", 1)
 
 
-def test_a_page_save_without_an_owner_still_applies(other_user, worker):
+def test_a_page_save_without_an_owner_still_applies(other_user):
     page = notes_services.create_page(other_user, "Bob's page", "original")
 
     job = services.enqueue(
@@ -70,7 +64,7 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
-def test_an_image_upload_owned_by_another_user_fails_and_changes_nothing(user, other_user, worker):
+def test_an_image_upload_owned_by_another_user_fails_and_changes_nothing(user, other_user):
     image = Image.objects.create(
         owner=other_user, content_type="image/png", size=len(png()), original_name="bob.png"
     )
@@ -92,7 +86,7 @@ def test_an_image_upload_owned_by_another_user_fails_and_changes_nothing(user, o
     assert image.status == ImageStatus.STORED
 
 
-def test_a_report_owned_by_another_user_fails_and_changes_nothing(user, other_user, worker):
+def test_a_report_owned_by_another_user_fails_and_changes_nothing(user, other_user):
     report = Report.objects.create(owner=other_user, kind="notes_export", title="Bob's notes")
 
     attack = services.enqueue("reports.generate", {"report_id": str(report.id)}, owner=user).job

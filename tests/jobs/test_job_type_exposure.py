@@ -12,6 +12,7 @@ from jobs.models import Job
 from notes import services as notes_services
 from notes.models import Image, ImageStatus, Page
 from reports.models import Report
+from tests.engine import run
 
 USER_TYPES = ["system.noop", "system.sleep"]
 STAFF_TYPES = ["email.send", "system.noop", "system.sleep"]
@@ -81,7 +82,7 @@ def test_a_refused_type_reads_exactly_like_an_unknown_one(api):
     assert unknown.replace("no.such.type", "T") == internal.replace("system.purge", "T")
 
 
-def test_a_user_cannot_overwrite_another_users_page(api, other_api, other_user, worker):
+def test_a_user_cannot_overwrite_another_users_page(api, other_api, other_user):
     page = notes_services.create_page(other_user, "Bob's page", "original")
     attack = {"page_id": page.id, "version": 2147483647, "content": "pwned"}
 
@@ -94,7 +95,7 @@ def test_a_user_cannot_overwrite_another_users_page(api, other_api, other_user, 
     assert (page.content, page.applied_version) == ("original", 0)
     saved = other_api.request("PATCH", f"/api/notes/pages/{page.id}/", json={"content": "mine"})
     assert saved.status_code == 202
-    other_api.wait_for_status(saved.json()["job"]["id"], "succeeded")
+    assert run(saved.json()["job"]["id"]) == "succeeded"
     page.refresh_from_db()
     assert (page.content, page.applied_version) == ("mine", 1)
 

@@ -14,9 +14,8 @@ from werkzeug import Response
 
 from jobs.models import Job
 from notes.models import Image
-from tests.support import wait_for
+from tests.engine import run, run_to_the_end
 
-pytestmark = pytest.mark.worker
 API_KEY, API_SECRET, CLOUD = "123456789", "s3cr3t", "demo"
 
 
@@ -30,15 +29,9 @@ def upload(api, data: bytes, name: str = "cat.png"):
     return api.post("/api/notes/images/", files={"file": (name, data)}, json=None)
 
 
-def wait_until_settled(api, image_id: int, timeout: float = 60) -> dict:
-    seen: dict = {}
-
-    def settled() -> bool:
-        seen.update(api.get(f"/api/notes/images/{image_id}/").json())
-        return seen["status"] != "pending"
-
-    wait_for(settled, timeout=timeout, what=f"image {image_id} to be stored or failed")
-    return seen
+def use_cloudinary(url: str, settings, monkeypatch) -> None:
+    settings.CLOUDINARY_URL = url
+    monkeypatch.setenv("CLOUDINARY_URL", url)  # what the SDK reads
 
 
 @pytest.fixture
@@ -63,14 +56,15 @@ def assert_signed(params: dict[str, str]) -> None:
     assert params["signature"] == api_sign_request(signed, API_SECRET)
 
 
-def test_an_upload_is_stored_in_django_storage_without_cloudinary(api, user, worker):
+def test_an_upload_is_stored_in_django_storage_without_cloudinary(api, user):
     response = upload(api, image_bytes("PNG", (40, 30)))
 
     assert response.status_code == 202, response.text
     created = response.json()
     assert created["status"] == "pending"
     assert Job.objects.get(id=created["job_id"]).queue == "images"
-    image = wait_until_settled(api, created["id"])
+    assert run(created["job_id"]) == "succeeded"
+    image = api.get(f"/api/notes/images/{created['id']}/").json()
     assert image["status"] == "stored", image["error"]
     assert (image["backend"], image["width"], image["height"]) == ("storage", 40, 30)
     assert image["content_type"] == "image/png"
@@ -82,7 +76,7 @@ def test_an_upload_is_stored_in_django_storage_without_cloudinary(api, user, wor
 
 
 def test_an_upload_goes_to_cloudinary_through_its_sdk(
-    api, user, start_worker, httpserver, cloudinary_url, monkeypatch
+    api, user, httpserver, cloudinary_url, settings, monkeypatch
 ):
     def accept_upload(request):
         public_id = form_of(request)["public_id"]
@@ -102,10 +96,10 @@ def test_an_upload_goes_to_cloudinary_through_its_sdk(
     httpserver.expect_request(f"/v1_1/{CLOUD}/image/upload", method="POST").respond_with_handler(
         accept_upload
     )
-    start_worker(env={"CLOUDINARY_URL": cloudinary_url})
-
     created = upload(api, image_bytes("JPEG", (64, 48)), "photo.jpg").json()
-    image = wait_until_settled(api, created["id"])
+    use_cloudinary(cloudinary_url, settings, monkeypatch)  # where the job runs
+    assert run(created["job_id"]) == "succeeded"
+    image = api.get(f"/api/notes/images/{created['id']}/").json()
 
     assert image["status"] == "stored", image["error"]
     assert image["backend"] == "cloudinary"
@@ -118,7 +112,6 @@ def test_an_upload_goes_to_cloudinary_through_its_sdk(
     assert_signed(params)
     assert "file" in request.files or "file" in params
     assert not Image.objects.get(id=created["id"]).file, "the staged copy is gone"
-    monkeypatch.setenv("CLOUDINARY_URL", cloudinary_url)
     shown = api.get(image["url"], allow_redirects=False)
     assert shown.status_code == 302
     assert shown.headers["Location"].startswith(httpserver.url_for(f"/v1_1/{CLOUD}/image/download"))
@@ -134,7 +127,7 @@ def test_an_upload_goes_to_cloudinary_through_its_sdk(
 
 
 def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
-    api, start_worker, httpserver, cloudinary_url, monkeypatch
+    api, httpserver, cloudinary_url, settings, monkeypatch
 ):
     httpserver.expect_request(f"/v1_1/{CLOUD}/image/upload", method="POST").respond_with_response(
         Response(
@@ -143,10 +136,12 @@ def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
             content_type="application/json",
         )
     )
-    start_worker(env={"CLOUDINARY_URL": cloudinary_url})
-
     created = upload(api, image_bytes()).json()
-    image = wait_until_settled(api, created["id"], timeout=90)
+    use_cloudinary(cloudinary_url, settings, monkeypatch)
+
+    # Each retry at the time its back-off ends.
+    assert run_to_the_end(created["job_id"]) == ["retry", "retry", "failed"]
+    image = api.get(f"/api/notes/images/{created['id']}/").json()
 
     assert image["status"] == "failed"
     assert "Storage is on fire" in image["error"]
@@ -163,7 +158,6 @@ def test_a_failing_cloudinary_is_retried_then_the_image_fails_with_the_reason(
     httpserver.expect_request(f"/v1_1/{CLOUD}/image/destroy", method="POST").respond_with_json(
         {"result": "not found"}
     )
-    monkeypatch.setenv("CLOUDINARY_URL", cloudinary_url)
     assert api.delete(f"/api/notes/images/{created['id']}/").status_code == 204
     assert form_of(httpserver.log[-1][0])["public_id"] == public_ids.pop()
 

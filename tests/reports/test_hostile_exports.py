@@ -1,38 +1,32 @@
 """Notes exports render images from `data:` URLs and the owner's own uploads, and nothing
-else: hostile pages fetch no URL and read no file, and the report still becomes ready."""
+else: hostile pages fetch no URL and read no file, and the report still becomes ready.
+The uploads' and the reports' jobs run in the test process."""
 
 import io
 
-import pytest
 from django.conf import settings
 from pypdf import PdfReader
 
 from notes.models import Page
+from tests.engine import run
 from tests.reports.images import BLUE, CYAN, GREEN, RED, YELLOW, colours_of_images, data_url, png
-from tests.reports.test_reports_api import wait_for_report
-from tests.support import wait_for
-
-pytestmark = pytest.mark.worker
+from tests.reports.test_reports_api import run_report
 
 
 def uploaded_image(api, content: bytes) -> dict:
     """An image uploaded through the images API and stored by its job."""
     created = api.post("/api/notes/images/", files={"file": ("pic.png", content)}, json=None)
     assert created.status_code == 202, created.text
-    seen: dict = {}
-
-    def stored() -> bool:
-        seen.update(api.get(f"/api/notes/images/{created.json()['id']}/").json())
-        return seen["status"] != "pending"
-
-    wait_for(stored, timeout=60, what="the uploaded image to be stored")
+    assert run(created.json()["job_id"]) == "succeeded"
+    seen = api.get(f"/api/notes/images/{created.json()['id']}/").json()
     assert seen["status"] == "stored", seen["error"]
     return seen
 
 
 def export(api) -> tuple[dict, PdfReader]:
     created = api.post("/api/reports/", {"kind": "notes_export"}).json()
-    report = wait_for_report(api, created["id"], "succeeded", "failed")
+    run_report(created["id"])
+    report = api.get(f"/api/reports/{created['id']}/").json()
     assert report["status"] == "succeeded", report["error"]
     download = api.get(f"/api/reports/{created['id']}/download/")
     return report, PdfReader(io.BytesIO(download.content))
@@ -42,7 +36,7 @@ def text_of(reader: PdfReader) -> str:
     return "\n".join(page.extract_text() for page in reader.pages)
 
 
-def test_a_data_url_image_is_in_the_pdf(api, user, worker):
+def test_a_data_url_image_is_in_the_pdf(api, user):
     Page.objects.create(
         owner=user, title="Inline", content=f"Before\n\n![dot]({data_url(png(RED))})"
     )
@@ -52,9 +46,7 @@ def test_a_data_url_image_is_in_the_pdf(api, user, worker):
     assert colours_of_images(reader) == {RED}
 
 
-def test_the_owners_uploaded_images_are_in_the_pdf_and_another_users_are_not(
-    api, other_api, user, worker
-):
+def test_the_owners_uploaded_images_are_in_the_pdf_and_another_users_are_not(api, other_api, user):
     by_reference = uploaded_image(api, png(RED))
     by_api_path = uploaded_image(api, png(GREEN))
     by_site_url = uploaded_image(api, png(BLUE))
@@ -77,9 +69,7 @@ def test_the_owners_uploaded_images_are_in_the_pdf_and_another_users_are_not(
     assert colours_of_images(reader) == {RED, GREEN, BLUE, YELLOW}
 
 
-def test_a_hostile_page_fetches_nothing_and_the_report_is_still_ready(
-    api, user, worker, httpserver
-):
+def test_a_hostile_page_fetches_nothing_and_the_report_is_still_ready(api, user, httpserver):
     url = httpserver.url_for("")
     svg = (
         '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
