@@ -90,12 +90,12 @@ def test_a_retry_further_ahead_than_the_broker_holds_waits_for_the_sweeper(setti
         now = timezone.now()
         assert run(job, now=now) == "retry"
 
-    run_at = reloaded(job).run_at
-    assert run_at == now + timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX * 10)
-    assert reloaded(job).dispatched_at is None
-    assert sweepers.dispatch_due(now=now + timedelta(seconds=5)) == 0
-    assert sweepers.dispatch_due(now=run_at - timedelta(seconds=5)) == 1
-    assert reloaded(job).dispatched_at is not None
+        run_at = reloaded(job).run_at
+        assert run_at == now + timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX * 10)
+        assert reloaded(job).dispatched_at is None
+        assert sweepers.dispatch_due(now=now + timedelta(seconds=5)) == 0
+        assert sweepers.dispatch_due(now=run_at - timedelta(seconds=5)) == 1
+        assert reloaded(job).dispatched_at is not None
 
 
 def test_it_fails_when_retries_are_exhausted():
