@@ -54,7 +54,8 @@ def test_keys_belong_to_their_owner(api, other_api):
     assert mine.json()["id"] != theirs.json()["id"]
 
 
-def test_twenty_concurrent_identical_requests_create_exactly_one_job(api):
+def test_twenty_concurrent_identical_requests_create_exactly_one_job(live_api):
+    api = live_api
     responses = run_in_threads(
         20, lambda i: api.post("/api/jobs/", {**NOOP, "idempotency_key": "race"})
     )

@@ -16,7 +16,6 @@ from jobs.models import Job
 from notes.models import Image
 from tests.support import wait_for
 
-pytestmark = pytest.mark.worker
 API_KEY, API_SECRET, CLOUD = "123456789", "s3cr3t", "demo"
 
 

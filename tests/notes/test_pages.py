@@ -44,7 +44,8 @@ def test_an_update_is_a_202_and_the_content_shows_once_its_job_succeeds(api, use
 
 
 @pytest.mark.worker
-def test_concurrent_saves_end_with_the_last_accepted_one(api, user, worker):
+def test_concurrent_saves_end_with_the_last_accepted_one(live_api, user, worker):
+    api = live_api
     page = api.post("/api/notes/pages/", {"title": "Draft", "content": ""}).json()
 
     responses = run_in_threads(
