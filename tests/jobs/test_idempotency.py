@@ -66,7 +66,7 @@ def test_twenty_concurrent_identical_requests_create_exactly_one_job(live_api):
     assert Job.objects.filter(idempotency_key="race").count() == 1
 
 
-def test_system_jobs_are_deduplicated_by_key_too(transactional_db):
+def test_system_jobs_are_deduplicated_by_key_too(db):
     first = services.enqueue("system.noop", idempotency_key="nightly:2026-01-01")
     again = services.enqueue("system.noop", idempotency_key="nightly:2026-01-01")
 

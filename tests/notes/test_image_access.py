@@ -93,7 +93,7 @@ def test_the_stored_file_is_not_served_from_the_media_url(uploaded, user):
     assert signed_in.get(path).status_code == 404
 
 
-def test_no_media_route_exists_even_in_debug(transactional_db):
+def test_no_media_route_exists_even_in_debug(db):
     import jobsite.urls
 
     try:

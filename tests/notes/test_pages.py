@@ -66,7 +66,7 @@ def test_concurrent_saves_end_with_the_last_accepted_one(live_api, user, worker)
     assert (saved.content, saved.applied_version, saved.accepted_version) == (last, 12, 12)
 
 
-def test_a_stale_save_never_overwrites_a_newer_one(transactional_db, user):
+def test_a_stale_save_never_overwrites_a_newer_one(user):
     page = services.create_page(user, "Plan", "v0")
 
     assert services.apply_save(page.id, 2, "second") is True
@@ -76,7 +76,7 @@ def test_a_stale_save_never_overwrites_a_newer_one(transactional_db, user):
     assert (page.content, page.applied_version) == ("second", 2)
 
 
-def test_a_save_records_the_images_the_page_shows(transactional_db, user, other_user):
+def test_a_save_records_the_images_the_page_shows(user, other_user):
     by_url = stored_image(user, "https://res.cloudinary.com/demo/image/upload/cat.png")
     by_id = stored_image(user, "https://example.com/dog.png")
     unused = stored_image(user, "https://example.com/unused.png")
