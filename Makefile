@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench chaos lint format migrate lock clean
+.PHONY: install run test test-fast bench chaos lint format migrate lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ migrate: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier, to run between edits (about a minute): every test that starts no Celery
+# worker, browser, live server or other process (the marks are set in tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -m "not worker and not browser and not live" $(PYTEST_ARGS)
 
 # Benchmarks against PostgreSQL and Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL; the local
 # servers by default). BENCH_ARGS names a subset, e.g. BENCH_ARGS="e2e latency". The API

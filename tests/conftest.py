@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import override_settings
 from kombu import pools
 
 from jobs import messages
@@ -12,6 +13,7 @@ from jobsite.celery_app import app as celery_app
 from jobsite.embedded_redis import EmbeddedRedis
 from tests.support import (
     Api,
+    InProcessApi,
     SmtpSink,
     WorkerProcess,
     access_token,
@@ -23,22 +25,87 @@ PASSWORD = "correct-horse-battery-staple"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
+# Tests using one of these fixtures are marked (and `make test-fast` leaves them out).
+WORKER_FIXTURES = {"worker", "start_worker"}
+BROWSER_FIXTURES = {"page"}
+# A live server, or processes started on the test database.
+LIVE_FIXTURES = {"live_server", "database_url", "private_broker"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & WORKER_FIXTURES:
+            item.add_marker(pytest.mark.worker)
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+        if used & LIVE_FIXTURES:
+            item.add_marker(pytest.mark.live)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_settings(django_test_environment):
+    """Settings of the test process itself: a fast password hasher (Django's default takes
+    a good part of a second per password, and most tests create users) and e-mail kept in
+    `django.core.mail.outbox`. Processes the tests start (workers, servers) take their
+    settings from the environment and keep the defaults."""
+    with override_settings(
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+        EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+    ):
+        yield
+
 
 @pytest.fixture
-def user(transactional_db):
+def user(db):
     return get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
 
 
 @pytest.fixture
-def other_user(transactional_db):
+def other_user(db):
     return get_user_model().objects.create_user("bob", "bob@example.com", PASSWORD)
 
 
 @pytest.fixture
-def staff_user(transactional_db):
+def staff_user(db):
     return get_user_model().objects.create_user(
         "carol", "carol@example.com", PASSWORD, is_staff=True
     )
+
+
+# The API in this process, signed in without a token: for every test that is not about
+# authentication or the HTTP server. Only the database decides the transaction mode: the
+# `db` fixture (each test rolled back), or `transactional_db` where a worker process the
+# test starts must see the test's rows.
+
+
+@pytest.fixture
+def api(user):
+    """The API, signed in as `user`."""
+    with InProcessApi(user) as client:
+        yield client
+
+
+@pytest.fixture
+def other_api(other_user):
+    with InProcessApi(other_user) as client:
+        yield client
+
+
+@pytest.fixture
+def staff_api(staff_user):
+    with InProcessApi(staff_user) as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous_api(db):
+    with InProcessApi() as client:
+        yield client
+
+
+# The API over HTTP on the live server, signed in with a JWT from the token endpoint: for
+# tests about authentication, the HTTP server itself, or requests sent from several threads.
 
 
 def _token_for(base_url: str, username: str) -> str:
@@ -46,26 +113,25 @@ def _token_for(base_url: str, username: str) -> str:
 
 
 @pytest.fixture
-def api(live_server, user):
-    """An HTTP client for the live server, signed in as `user` with a JWT."""
+def live_api(live_server, user):
     with Api(live_server.url, _token_for(live_server.url, user.username)) as client:
         yield client
 
 
 @pytest.fixture
-def other_api(live_server, other_user):
+def live_other_api(live_server, other_user):
     with Api(live_server.url, _token_for(live_server.url, other_user.username)) as client:
         yield client
 
 
 @pytest.fixture
-def staff_api(live_server, staff_user):
+def live_staff_api(live_server, staff_user):
     with Api(live_server.url, _token_for(live_server.url, staff_user.username)) as client:
         yield client
 
 
 @pytest.fixture
-def anonymous_api(live_server):
+def live_anonymous_api(live_server):
     with Api(live_server.url, token=None) as client:
         yield client
 

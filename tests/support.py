@@ -1,8 +1,10 @@
-"""Helpers the suites share: an HTTP client, a real worker process, an SMTP sink,
-and `wait_for`, which polls a condition until a deadline."""
+"""Helpers the suites share: API clients (in this process, or over HTTP against a live
+server), a real worker process, an SMTP sink, and `wait_for`, which polls a condition
+until a deadline."""
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 import signal
 import subprocess
@@ -14,10 +16,15 @@ from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
+from django.http import HttpResponseBase
+from django.test import TestCase
+from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+from rest_framework.test import APIClient
 
 from jobsite.embedded_redis import free_port
 
@@ -88,7 +95,23 @@ def access_token(base_url: str, username: str, password: str) -> str:
     return response.json()["access"]
 
 
-class Api:
+class JobPolling:
+    """What both API clients offer besides plain requests: a job, and waiting for one."""
+
+    def job(self, job_id: str) -> dict:
+        response = self.get(f"/api/jobs/{job_id}/")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_status(self, job_id: str, *statuses: str, timeout: float = 30) -> dict:
+        return wait_for(
+            lambda: (job := self.job(job_id))["status"] in statuses and job,
+            timeout=timeout,
+            what=f"job {job_id} to become {' or '.join(statuses)}",
+        )
+
+
+class Api(JobPolling):
     """requests against the live server, with a bearer token and JSON by default."""
 
     def __init__(self, base_url: str, token: str | None):
@@ -118,17 +141,129 @@ class Api:
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         return self.request("DELETE", path, **kwargs)
 
-    def job(self, job_id: str) -> dict:
-        response = self.get(f"/api/jobs/{job_id}/")
-        assert response.status_code == 200, response.text
-        return response.json()
 
-    def wait_for_status(self, job_id: str, *statuses: str, timeout: float = 30) -> dict:
-        return wait_for(
-            lambda: (job := self.job(job_id))["status"] in statuses and job,
-            timeout=timeout,
-            what=f"job {job_id} to become {' or '.join(statuses)}",
-        )
+class InProcessResponse:
+    """A response of the in-process client, read as a `requests.Response` is."""
+
+    def __init__(self, response: HttpResponseBase):
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.content = response.getvalue()  # a streamed body (a download) in full
+        self.encoding = response.charset
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self.encoding or "utf-8", errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+    def raise_for_status(self) -> None:
+        assert self.ok, f"{self.status_code}: {self.text[:2000]}"
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class InProcessApi(JobPolling):
+    """The API called in this process through DRF's test client, signed in as `user` with
+    `force_authenticate` (no token, no HTTP server), with the calls `Api` offers.
+
+    Each request reads the user afresh, as a token's check does: a permission granted
+    (or an account deleted) after the client was made shows in the next answer. Each
+    request runs the on-commit callbacks it registered once it returns, as the
+    server's commit would: in a test inside a transaction (the `db` fixture) they would
+    otherwise never run, and the new jobs' messages never reach the broker.
+    """
+
+    base_url = "http://testserver"
+
+    def __init__(self, user: Any = None):
+        self.client = APIClient()
+        self.user = user
+
+    def __enter__(self) -> InProcessApi:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.logout()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        files: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        allow_redirects: bool = True,
+        timeout: float | None = None,
+    ) -> InProcessResponse:
+        headers = dict(headers or {})
+        content_type = headers.pop("Content-Type", None)
+        if files is not None:
+            fields = {**(data or {}), **{name: _upload(f) for name, f in files.items()}}
+            body, content_type = encode_multipart(BOUNDARY, fields), MULTIPART_CONTENT
+        elif json is not None:
+            body, content_type = jsonlib.dumps(json), content_type or "application/json"
+        elif isinstance(data, dict):
+            body = urlencode(data, doseq=True)
+            content_type = content_type or "application/x-www-form-urlencoded"
+        else:
+            body, content_type = data or b"", content_type or "application/octet-stream"
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params, doseq=True)
+        response = self._send(method, path, body, content_type, headers)
+        while allow_redirects and response.status_code in REDIRECTS:
+            # As requests does: 307 and 308 repeat the request, the others become a GET.
+            if response.status_code not in (307, 308):
+                method, body, content_type = "GET", b"", "application/octet-stream"
+            path = self._local(urljoin(path, response.headers["Location"]))
+            response = self._send(method, path, body, content_type, headers)
+        return InProcessResponse(response)
+
+    def _send(
+        self, method: str, path: str, body: Any, content_type: str, headers: dict[str, str]
+    ) -> HttpResponseBase:
+        signed_in = None
+        if self.user is not None:
+            signed_in = type(self.user)._default_manager.filter(pk=self.user.pk).first()
+        self.client.force_authenticate(signed_in)
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            return self.client.generic(
+                method, path, data=body, content_type=content_type, headers=headers
+            )
+
+    def _local(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "testserver"):
+            raise AssertionError(
+                f"A redirect to {url} leaves this process: ask with allow_redirects=False"
+            )
+        return urlunsplit(("", "", parts.path, parts.query, ""))
+
+    def get(self, path: str, **kwargs: Any) -> InProcessResponse:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> InProcessResponse:
+        return self.request("POST", path, json=json, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> InProcessResponse:
+        return self.request("DELETE", path, **kwargs)
+
+
+def _upload(value: Any) -> Any:
+    """A file in the forms requests takes (`(name, bytes[, content type])`) as Django's."""
+    if isinstance(value, tuple):
+        name, content, *content_type = value
+        return SimpleUploadedFile(name, content, content_type[0] if content_type else None)
+    return value
 
 
 class SmtpSink:

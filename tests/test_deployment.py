@@ -142,12 +142,14 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.live
 def test_production_settings_pass_the_deployment_checks(tmp_path):
     result = manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.live
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     env = production_env(tmp_path)
     del env["DJANGO_SECRET_KEY"]
@@ -158,6 +160,7 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     assert "DJANGO_SECRET_KEY" in result.stderr
 
 
+@pytest.mark.live
 def test_with_debug_off_whitenoise_serves_the_collected_static_files(tmp_path):
     env = production_env(tmp_path)
     env["DJANGO_SECURE_SSL_REDIRECT"] = "0"
@@ -202,6 +205,7 @@ def test_the_image_turns_debug_off():
     assert dockerfile_env()["DJANGO_DEBUG"] == "0"
 
 
+@pytest.mark.live
 def test_the_image_refuses_to_start_without_a_secret_key(tmp_path):
     settings_import = subprocess.run(
         [sys.executable, "-c", "import jobsite.settings"],

@@ -174,7 +174,7 @@ def throttle_cache(settings):
 
 
 def test_with_redis_unreachable_the_token_endpoints_answer_503(
-    live_server, user, api, throttle_cache
+    live_server, user, live_api, throttle_cache
 ):
     throttle_cache(f"redis://127.0.0.1:{free_port()}/0")
 
@@ -186,7 +186,7 @@ def test_with_redis_unreachable_the_token_endpoints_answer_503(
     assert obtain.status_code == renewed.status_code == 503
     assert obtain.json()["code"] == renewed.json()["code"] == "rate_limit_unavailable"
     # The per-user API limit lets requests through instead.
-    assert api.get("/api/me/").status_code == 200
+    assert live_api.get("/api/me/").status_code == 200
 
 
 def test_with_redis_not_answering_the_token_endpoint_answers_503_within_its_timeout(

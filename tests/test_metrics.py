@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobs import services
 from jobs.models import Job, JobEvent, Status
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 TOKEN = "scrape-me"
 
@@ -76,16 +76,19 @@ def test_run_times_form_a_histogram_per_type(client):
     assert total == pytest.approx(43.33, abs=0.01)
 
 
-def test_queue_depth_counts_messages_waiting_in_the_broker(client):
+def test_queue_depth_counts_messages_waiting_in_the_broker(
+    client, django_capture_on_commit_callbacks
+):
     def depth(queue: str) -> float:
         return scrape(client)[("jobsite_queue_depth", (("queue", queue),))]
 
     before = depth("emails")
-    for _ in range(3):
-        services.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "body": "b"})
-    services.enqueue(
-        "email.send", {"to": ["a@example.com"], "subject": "s", "body": "b"}, priority="high"
-    )
+    with django_capture_on_commit_callbacks(execute=True):  # as at commit: to the broker
+        for _ in range(3):
+            services.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "body": "b"})
+        services.enqueue(
+            "email.send", {"to": ["a@example.com"], "subject": "s", "body": "b"}, priority="high"
+        )
 
     assert depth("emails") == before + 4
 

@@ -46,12 +46,14 @@ def settings_with(env: dict[str, str], *names: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.live
 def test_debug_is_off_unless_asked_for(tmp_path):
     loaded = settings_with(clean_env(tmp_path, DJANGO_SECRET_KEY=SECRET), "DEBUG")
 
     assert loaded["DEBUG"] is False
 
 
+@pytest.mark.live
 def test_without_debug_the_settings_refuse_to_load_without_a_secret_key(tmp_path):
     result = load_settings(clean_env(tmp_path), "DEBUG")
 
@@ -59,6 +61,7 @@ def test_without_debug_the_settings_refuse_to_load_without_a_secret_key(tmp_path
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+@pytest.mark.live
 def test_in_debug_without_a_key_a_random_key_is_made_once_and_kept_under_var(tmp_path):
     env = clean_env(tmp_path, DJANGO_DEBUG="1")
 
@@ -72,12 +75,14 @@ def test_in_debug_without_a_key_a_random_key_is_made_once_and_kept_under_var(tmp
     assert OLD_DEVELOPMENT_KEY not in (ROOT / "jobsite" / "settings.py").read_text()
 
 
+@pytest.mark.live
 def test_a_configured_secret_key_is_used_as_it_is(tmp_path):
     env = clean_env(tmp_path, DJANGO_DEBUG="1", DJANGO_SECRET_KEY=SECRET)
 
     assert settings_with(env, "SECRET_KEY")["SECRET_KEY"] == SECRET
 
 
+@pytest.mark.live
 def test_the_development_key_is_private_and_processes_starting_together_agree(tmp_path):
     path = tmp_path / "var" / "secret_key"
     script = (
@@ -98,6 +103,7 @@ def test_the_development_key_is_private_and_processes_starting_together_agree(tm
     assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary left
 
 
+@pytest.mark.live
 def test_an_empty_key_file_is_an_error_not_an_empty_key(tmp_path):
     path = tmp_path / "secret_key"
     path.write_text("")
@@ -106,6 +112,7 @@ def test_an_empty_key_file_is_an_error_not_an_empty_key(tmp_path):
         keys.development_secret_key(path)
 
 
+@pytest.mark.live
 def test_tokens_are_signed_with_a_key_derived_from_the_secret_key_unless_one_is_set(tmp_path):
     derived = settings_with(clean_env(tmp_path, DJANGO_SECRET_KEY=SECRET), "SIMPLE_JWT")
     configured = settings_with(
@@ -133,6 +140,7 @@ def production(tmp_path: Path, **variables: str) -> dict[str, str]:
     )
 
 
+@pytest.mark.live
 def test_without_a_proxy_setting_no_forwarded_header_is_believed(tmp_path):
     loaded = settings_with(production(tmp_path), "SECURE_PROXY_SSL_HEADER", "REST_FRAMEWORK")
 
@@ -140,6 +148,7 @@ def test_without_a_proxy_setting_no_forwarded_header_is_believed(tmp_path):
     assert loaded["REST_FRAMEWORK"]["NUM_PROXIES"] == 0
 
 
+@pytest.mark.live
 def test_behind_a_proxy_its_headers_are_believed(tmp_path):
     behind = settings_with(
         production(tmp_path, DJANGO_BEHIND_PROXY="1"), "SECURE_PROXY_SSL_HEADER", "REST_FRAMEWORK"
@@ -153,6 +162,7 @@ def test_behind_a_proxy_its_headers_are_believed(tmp_path):
     assert two["REST_FRAMEWORK"]["NUM_PROXIES"] == 2
 
 
+@pytest.mark.live
 def test_num_proxies_without_the_proxy_setting_refuses_to_load(tmp_path):
     result = load_settings(production(tmp_path, NUM_PROXIES="1"), "DEBUG")
 
@@ -179,6 +189,7 @@ def status_of_a_plain_http_request_claiming_https(env: dict[str, str]) -> str:
     return result.stdout
 
 
+@pytest.mark.live
 def test_x_forwarded_proto_counts_only_behind_a_proxy(tmp_path):
     # Exposed directly, a client's own header cannot make plain HTTP pass for HTTPS.
     assert status_of_a_plain_http_request_claiming_https(production(tmp_path)) == "301"

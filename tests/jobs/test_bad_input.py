@@ -9,7 +9,7 @@ from jobs.models import Job, JobEvent
 
 
 @pytest.fixture(autouse=True)
-def nothing_written():
+def nothing_written(db):
     yield
     assert Job.objects.count() == 0
     assert JobEvent.objects.count() == 0

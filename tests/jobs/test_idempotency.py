@@ -54,7 +54,8 @@ def test_keys_belong_to_their_owner(api, other_api):
     assert mine.json()["id"] != theirs.json()["id"]
 
 
-def test_twenty_concurrent_identical_requests_create_exactly_one_job(api):
+def test_twenty_concurrent_identical_requests_create_exactly_one_job(live_api):
+    api = live_api
     responses = run_in_threads(
         20, lambda i: api.post("/api/jobs/", {**NOOP, "idempotency_key": "race"})
     )
@@ -65,7 +66,7 @@ def test_twenty_concurrent_identical_requests_create_exactly_one_job(api):
     assert Job.objects.filter(idempotency_key="race").count() == 1
 
 
-def test_system_jobs_are_deduplicated_by_key_too(transactional_db):
+def test_system_jobs_are_deduplicated_by_key_too(db):
     first = services.enqueue("system.noop", idempotency_key="nightly:2026-01-01")
     again = services.enqueue("system.noop", idempotency_key="nightly:2026-01-01")
 

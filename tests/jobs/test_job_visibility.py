@@ -13,9 +13,9 @@ from django.test import Client
 from jobs import services
 from jobs.models import Job, Status
 from reports import services as reports_services
-from tests.conftest import PASSWORD, _token_for
+from tests.conftest import PASSWORD
 from tests.engine import run_to_the_end
-from tests.support import Api
+from tests.support import InProcessApi
 
 SECRET_PAYLOAD = {"seconds": 0.01}
 
@@ -36,17 +36,17 @@ def failed_job(owner, error: str) -> Job:
 
 
 @pytest.fixture
-def payload_reader(live_server, transactional_db):
+def payload_reader(db):
     user = get_user_model().objects.create_user("dave", "dave@example.com", PASSWORD, is_staff=True)
     user.user_permissions.add(Permission.objects.get(codename="view_job_payload"))
-    with Api(live_server.url, _token_for(live_server.url, "dave")) as client:
+    with InProcessApi(user) as client:
         yield client
 
 
 @pytest.fixture
-def superuser_api(live_server, transactional_db):
-    get_user_model().objects.create_superuser("erin", "erin@example.com", PASSWORD)
-    with Api(live_server.url, _token_for(live_server.url, "erin")) as client:
+def superuser_api(db):
+    superuser = get_user_model().objects.create_superuser("erin", "erin@example.com", PASSWORD)
+    with InProcessApi(superuser) as client:
         yield client
 
 

@@ -46,7 +46,8 @@ def test_an_update_is_a_202_and_the_content_shows_once_its_job_succeeds(api, use
 
 
 @pytest.mark.worker
-def test_concurrent_saves_end_with_the_last_accepted_one(api, user, worker):
+def test_concurrent_saves_end_with_the_last_accepted_one(live_api, user, worker):
+    api = live_api
     page = api.post("/api/notes/pages/", {"title": "Draft", "content": ""}).json()
 
     responses = run_in_threads(
@@ -67,7 +68,7 @@ def test_concurrent_saves_end_with_the_last_accepted_one(api, user, worker):
     assert (saved.content, saved.applied_version, saved.accepted_version) == (last, 12, 12)
 
 
-def test_a_stale_save_never_overwrites_a_newer_one(transactional_db, user):
+def test_a_stale_save_never_overwrites_a_newer_one(user):
     page = services.create_page(user, "Plan", "v0")
 
     assert services.apply_save(page.id, 2, "second") is True
@@ -77,7 +78,7 @@ def test_a_stale_save_never_overwrites_a_newer_one(transactional_db, user):
     assert (page.content, page.applied_version) == ("second", 2)
 
 
-def test_a_save_records_the_images_the_page_shows(transactional_db, user, other_user):
+def test_a_save_records_the_images_the_page_shows(user, other_user):
     by_url = stored_image(user, "https://res.cloudinary.com/demo/image/upload/cat.png")
     by_id = stored_image(user, "https://example.com/dog.png")
     unused = stored_image(user, "https://example.com/unused.png")

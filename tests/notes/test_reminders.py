@@ -91,7 +91,7 @@ def recipients(sink) -> list[str]:
 
 
 @pytest.fixture
-def third_user(transactional_db):
+def third_user(db):
     return get_user_model().objects.create_user("dave", "dave@example.com", "x-password-1")
 
 

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 
 from jobs.models import Job
 from notes.models import Image
+from tests.support import Api
 
 BOUNDARY = "jobsite-test-boundary"
 MB = 1024 * 1024
@@ -52,7 +53,7 @@ def file_part_head(name: str = "big.png") -> bytes:
     ).encode()
 
 
-def open_upload(api, headers: dict[str, str]) -> http.client.HTTPConnection:
+def open_upload(api: Api, headers: dict[str, str]) -> http.client.HTTPConnection:
     """Start a raw POST to the upload endpoint: headers sent, body still to come."""
     url = urlsplit(api.base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=15)
@@ -70,7 +71,7 @@ def stored_files() -> set[Path]:
 
 
 @pytest.fixture
-def nothing_written(transactional_db):
+def nothing_written(db):
     before = stored_files()
     yield
     assert Image.objects.count() == 0 and Job.objects.count() == 0
@@ -78,9 +79,9 @@ def nothing_written(transactional_db):
 
 
 def test_a_body_declaring_more_than_the_limit_is_refused_before_the_rest_is_sent(
-    api, nothing_written
+    live_api, nothing_written
 ):
-    connection = open_upload(api, {"Content-Length": str(30 * MB)})
+    connection = open_upload(live_api, {"Content-Length": str(30 * MB)})
     connection.send(file_part_head() + b"\0" * (64 * 1024))
 
     # Only 64 KB of the 30 MB went out: an answer now means the server did not wait for it.
@@ -93,9 +94,9 @@ def test_a_body_declaring_more_than_the_limit_is_refused_before_the_rest_is_sent
     assert "5,242,880 bytes" in body["detail"]
 
 
-def test_a_chunked_upload_is_refused_without_reading_it(api, settings, nothing_written):
+def test_a_chunked_upload_is_refused_without_reading_it(live_api, settings, nothing_written):
     settings.NOTES_IMAGE_MAX_BYTES = 50_000
-    connection = open_upload(api, {"Transfer-Encoding": "chunked"})
+    connection = open_upload(live_api, {"Transfer-Encoding": "chunked"})
     data = file_part_head() + b"\0" * (64 * 1024)
     connection.send(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
@@ -122,20 +123,20 @@ def test_a_file_over_the_limit_is_refused_while_it_streams_in(api, settings, not
 
 
 def test_a_browser_signed_in_to_the_site_is_held_to_the_same_limit(
-    anonymous_api, user, settings, nothing_written
+    live_anonymous_api, user, settings, nothing_written
 ):
     # A session's CSRF check reads the form before the view runs: the limit is on by then.
     settings.NOTES_IMAGE_MAX_BYTES = 100_000
     browser = Client()
     browser.force_login(user)
-    anonymous_api.session.cookies.set(
+    live_anonymous_api.session.cookies.set(
         django_settings.SESSION_COOKIE_NAME,
         browser.cookies[django_settings.SESSION_COOKIE_NAME].value,
     )
-    anonymous_api.get("/accounts/login/")
-    token = anonymous_api.session.cookies[django_settings.CSRF_COOKIE_NAME]
+    live_anonymous_api.get("/accounts/login/")
+    token = live_anonymous_api.session.cookies[django_settings.CSRF_COOKIE_NAME]
 
-    response = anonymous_api.post(
+    response = live_anonymous_api.post(
         "/api/notes/images/",
         files={"file": ("big.png", png_bytes() + b"\0" * 120_000)},
         json=None,

@@ -112,7 +112,7 @@ def test_images_that_are_not_what_they_claim_or_too_large_lose_their_source():
         assert "src=" not in page_html(f"![x]({source})"), source[:40]
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_the_owners_images_are_inlined_and_other_images_lose_their_source(user, other_user):
     mine, theirs = stored_image(user, GREEN), stored_image(other_user, BLUE)
     site = settings.SITE_URL.rstrip("/")

@@ -25,7 +25,7 @@ from tests.reports.images import (
     stored_image,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture

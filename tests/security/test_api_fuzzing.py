@@ -51,14 +51,14 @@ schema = schemathesis.openapi.from_dict(SCHEMA_DOCUMENT)
 
 
 @pytest.fixture
-def bearer(api) -> dict[str, str]:
+def bearer(live_api) -> dict[str, str]:
     """The JWT of a plain signed-in user."""
-    return {"Authorization": api.session.headers["Authorization"]}
+    return {"Authorization": live_api.session.headers["Authorization"]}
 
 
 @pytest.fixture
-def staff_bearer(staff_api) -> dict[str, str]:
-    return {"Authorization": staff_api.session.headers["Authorization"]}
+def staff_bearer(live_staff_api) -> dict[str, str]:
+    return {"Authorization": live_staff_api.session.headers["Authorization"]}
 
 
 @pytest.fixture

@@ -46,9 +46,10 @@ from tests.security.matrix import (
     upload_body,
 )
 
-# The cells read the outcome of one module-wide run (see `outcomes`); the mark only makes
-# pytest-django set up the test database, each test's own transaction is empty.
-pytestmark = pytest.mark.django_db
+# The cells read the outcome of one module-wide run (see `outcomes`) on a live server of
+# its own; the django_db mark only makes pytest-django set up the test database, each
+# test's own transaction is empty.
+pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
 # Paths name the owner's objects: {job} queued, {failed_job}, {page}, {image} (a stored PNG;
 # {task}, {report} (being made),
