@@ -1,26 +1,33 @@
-"""`manage.py enqueue_job`: the system producer, with no HTTP in between."""
+"""`manage.py enqueue_job`: the system producer, with no HTTP in between.
 
+The command runs from its command line in the test process, as `manage.py` runs it
+(argument parsing, exit status, output streams); one test runs `manage.py` itself."""
+
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
+from django.core.management import execute_from_command_line
 
 from jobs.models import Job
 from tests.support import ROOT
 
 
 @pytest.fixture
-def enqueue_job(database_url):
+def enqueue_job(transactional_db):
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "manage.py", "enqueue_job", *args],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        argv = ["manage.py", "enqueue_job", *args]
+        stdout, stderr = io.StringIO(), io.StringIO()
+        returncode = 0
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                execute_from_command_line(argv)
+            except SystemExit as exc:
+                returncode = exc.code or 0
+        return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
 
     return run
 
@@ -74,3 +81,25 @@ def test_bad_input_exits_2_with_a_clear_message(enqueue_job, args, message):
     assert message in result.stderr
     assert result.stdout == ""
     assert Job.objects.count() == 0
+
+
+def test_manage_py_itself_prints_the_id_and_exits_2_on_bad_input(database_url):
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", "enqueue_job", *args],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    created = manage("system.noop", "--key", "cli-3")
+    refused = manage("system.noop", "--priority", "urgent")
+
+    assert created.returncode == 0, created.stderr
+    assert Job.objects.get(idempotency_key="cli-3").id.hex == created.stdout.strip().replace(
+        "-", ""
+    )
+    assert refused.returncode == 2 and "invalid choice: 'urgent'" in refused.stderr
+    assert refused.stdout == ""
