@@ -12,10 +12,22 @@ class Status(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    # Not started before its `expires_at`: it never ran, and will not.
+    EXPIRED = "expired", "Expired"
 
 
-FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
-RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
+FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+
+
+class Held(models.TextChoices):
+    """Why a queued job waits although its time has come: it starts when a pause ends
+    or a slot of its type's limits frees, not on a message of its own."""
+
+    NO = "", "Not held"
+    PAUSED = "paused", "Paused"
+    CONCURRENCY = "concurrency", "Concurrency limit"
+    RATE = "rate", "Rate limit"  # holds a start reserved for its run_at
 
 
 class Priority(models.IntegerChoices):
@@ -65,6 +77,14 @@ class Job(models.Model):
     # NULL, not "", for "no key": the unique constraints must ignore keyless jobs.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     run_at = models.DateTimeField(null=True, blank=True)
+    # Not started by then: it ends as expired instead of running late.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # This job's soft time limit in seconds, within its type's (None: the type's).
+    time_limit = models.PositiveIntegerField(null=True, blank=True)
+    # Types declaring `unique`: the key of the payload fields (and owner) that only one
+    # active job may hold; NULL for everything else, which the constraint ignores.
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    held = models.CharField(max_length=16, choices=Held.choices, blank=True, default=Held.NO)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
@@ -94,6 +114,11 @@ class Job(models.Model):
                 fields=["idempotency_key"],
                 condition=Q(owner__isnull=True, idempotency_key__isnull=False),
                 name="job_unique_key_for_system",
+            ),
+            models.UniqueConstraint(
+                fields=["type", "unique_key"],
+                condition=Q(unique_key__isnull=False, status__in=["queued", "running"]),
+                name="job_unique_while_active",
             ),
         ]
         # Every full index gains an entry at each non-HOT update of a job (the claim,
@@ -132,8 +157,21 @@ class Job(models.Model):
             ),
             models.Index(
                 fields=["type", "finished_at"],
-                condition=Q(status__in=["failed", "cancelled"]),
+                condition=Q(status__in=["failed", "cancelled", "expired"]),
                 name="job_purge_failed",
+            ),
+            # Releasing held jobs as limits free and pauses end: the few queued rows
+            # held, by type, in the order they start.
+            models.Index(
+                fields=["type", "-priority", "created_at"],
+                condition=Q(status="queued") & ~Q(held=""),
+                name="job_held",
+            ),
+            # The expiry sweeper: queued rows that carry an expiry.
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(status="queued", expires_at__isnull=False),
+                name="job_queued_expiring",
             ),
             # The dashboard's failed list: status = 'failed' ORDER BY finished_at DESC.
             models.Index(
@@ -173,6 +211,11 @@ class EventKind(models.TextChoices):
     CANCELLED = "cancelled"
     RECOVERED = "recovered"
     RETRIED = "retried"
+    HELD = "held"  # waits for a pause to end or a limit to allow it
+    RELEASED = "released"  # a pause ended or a limit freed: sent to start
+    SNOOZED = "snoozed"  # the handler asked to run again later, not as a failure
+    EXPIRED = "expired"
+    DEBOUNCED = "debounced"  # a newer create replaced its payload
 
 
 class JobEvent(models.Model):
@@ -225,3 +268,79 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+
+class Scope(models.TextChoices):
+    QUEUE = "queue", "Queue"
+    TYPE = "type", "Job type"
+
+
+class Control(models.Model):
+    """An operator's hand on a queue or a job type: paused or not and, for a type, limits
+    that replace the ones it declares (jobs.registry.Limits) while `overrides_limits`.
+    A row exists only once an operator touched it; see jobs/controls.py."""
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    name = models.CharField(max_length=100)
+    paused = models.BooleanField(default=False)
+    overrides_limits = models.BooleanField(default=False)
+    concurrency = models.PositiveIntegerField(null=True, blank=True)
+    owner_concurrency = models.PositiveIntegerField(null=True, blank=True)
+    rate = models.PositiveIntegerField(null=True, blank=True)
+    owner_rate = models.PositiveIntegerField(null=True, blank=True)
+    period = models.FloatField(null=True, blank=True)
+    # Whether jobs it covers must go through the limits gate: paused, or with limits of
+    # its own. The claim reads just this (one indexed lookup in the claim's statement).
+    gates = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "name"], name="control_unique_scope_name")
+        ]
+        permissions = [
+            ("pause_jobs", "Can pause and resume queues and job types"),
+            ("change_limits", "Can change job types' concurrency and rate limits"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.name}"
+
+
+class LimitState(models.Model):
+    """One job type's (or one owner's jobs of a type) rate-limit state: the last starts
+    and the starts reserved for jobs waiting their turn, as epoch milliseconds. A type's
+    row is also the lock its gated claims take (jobs/limits.py)."""
+
+    key = models.CharField(max_length=200, unique=True)
+    starts = models.JSONField(default=list)
+    reserved = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class OperatorAction(models.Model):
+    """Who did what to jobs, queues, types or schedules, and through which door."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The username at the time, kept when the user is deleted.
+    actor_name = models.CharField(max_length=150, blank=True, default="")
+    action = models.CharField(max_length=32)
+    target_kind = models.CharField(max_length=16)
+    target = models.CharField(max_length=200)
+    via = models.CharField(max_length=16)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_kind", "target"], name="operatoraction_target")]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.target_kind} {self.target}"

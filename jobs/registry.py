@@ -56,6 +56,40 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Global limits on a type's jobs, held across all workers (jobs/limits.py): at most
+    `concurrency` running at once and at most `rate` started per `period` seconds, and
+    the same per owner (`owner_concurrency`, `owner_rate`). None: no such limit."""
+
+    concurrency: int | None = None
+    owner_concurrency: int | None = None
+    rate: int | None = None
+    owner_rate: int | None = None
+    period: float = 60.0
+
+    @property
+    def any(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.concurrency, self.owner_concurrency, self.rate, self.owner_rate)
+        )
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Unique:
+    """Only one queued or running job of the type per owner and value of `fields`; a
+    second create returns the first. With `debounce` (seconds), a create within that
+    long of a queued job replaces the queued job's payload instead, and the job starts
+    `debounce` seconds after the first create of the burst."""
+
+    fields: tuple[str, ...]
+    debounce: float | None = None
+
+
+@dataclass(frozen=True)
 class JobType:
     name: str
     handler: Handler
@@ -73,6 +107,13 @@ class JobType:
     staff_fields: frozenset[str] = frozenset()
     # Bounds on the payload for non-staff API callers, beyond the serializer's own.
     user_limits: PayloadLimits | None = None
+    # Global limits on its jobs; staff may replace them at run time (jobs/controls.py).
+    limits: Limits = NO_LIMITS
+    unique: Unique | None = None
+    # Exceptions retried while attempts remain; any other fails the job at once.
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    # Exceptions that fail the job at once even though retry_on covers them.
+    fail_on: tuple[type[BaseException], ...] = ()
 
     def can_be_created_by(self, user) -> bool:
         """Whether `user` may create jobs of this type through the API."""
