@@ -12,10 +12,11 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from . import job_heartbeats, registry
+from . import job_heartbeats, limits, registry
 from .context import JobContext
 from .dispatch import dispatch
 from .errors import JobCancelled, JobLost, PermanentError
+from .limits import Refusal
 from .logging import job_log_context
 from .models import Job, Status
 from .outages import while_database_unavailable
@@ -35,9 +36,11 @@ class Outcome(StrEnum):
     CANCELLED = Status.CANCELLED.value
     RETRY = "retry"  # failed, to run again later
     LOST = "lost"  # the run no longer held the job (recovered elsewhere): nothing written
-    EARLY = "early"  # arrived before the job's time: sent again for then
-    DUPLICATE = "duplicate"  # the job is not queued: another message ran or will run it
-    MISSING = "missing"  # no such job
+    EARLY = Refusal.EARLY.value  # arrived before the job's time: sent again for then
+    DUPLICATE = Refusal.DUPLICATE.value  # not queued: another message ran or will run it
+    MISSING = Refusal.MISSING.value  # no such job
+    EXPIRED = Refusal.EXPIRED.value  # its expiry passed before it could start
+    HELD = Refusal.HELD.value  # a pause or a limit holds it back: it starts when released
 
 
 class ClaimFailed(Exception):
@@ -45,32 +48,71 @@ class ClaimFailed(Exception):
     and its message goes back to the queue."""
 
 
-def execute(job_id: str, *, now: datetime | None = None) -> Outcome:
+def execute(job_id: str, *, now: datetime | None = None, type_name: str | None = None) -> Outcome:
     """Run the job if this message can claim it. `now` is the time of the claim, and
-    of the retry's schedule if the attempt fails (the current time by default)."""
+    of the retry's schedule if the attempt fails (the current time by default).
+    `type_name`, the type the message was sent for, spares a type with limits the
+    claim that ignores them."""
     claimed_at = now or timezone.now()
-    job = claim(job_id, claimed_at)
-    if job is None:
-        return _handle_unclaimable(job_id, claimed_at)
+    job, gated = admit(job_id, claimed_at, type_name)
+    if not isinstance(job, Job):
+        return _refused(job_id, job, claimed_at)
     jt = registry.get(job.type)
     with job_log_context(job), job_heartbeats.holding(job):
         log.debug("Job started")
         try:
             result = jt.handler(JobContext(job))
         except JobCancelled:
-            return _finish(job, Status.CANCELLED, message="Cancelled")
+            outcome = _finish(job, Status.CANCELLED, message="Cancelled")
         except JobLost:
             log.warning("Job was recovered elsewhere while running here; stopping")
             return Outcome.LOST
         except PermanentError as exc:
-            return _finish(job, Status.FAILED, error=str(exc) or type(exc).__name__)
+            outcome = _finish(job, Status.FAILED, error=str(exc) or type(exc).__name__)
         except Exception as exc:
-            return _fail_or_retry(job, jt, exc, now)
-        return _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
+            outcome = _fail_or_retry(job, jt, exc, now)
+        else:
+            outcome = _finish(job, Status.SUCCEEDED, result=result, progress=100, message="Done")
+    if gated:
+        _release_after(job)
+    return outcome
+
+
+def admit(job_id: str, now: datetime, type_name: str | None = None) -> tuple[Job | Refusal, bool]:
+    """Claim the job, through its type's limits and pauses when it has any: the job
+    (running) or why it did not start, and whether it went through the gate."""
+    declares_limits = type_name is not None and _declares_limits(type_name)
+    if not declares_limits:
+        job = claim(job_id, now)
+        if job is not None:
+            return job, False
+    due = now + EARLY_TOLERANCE
+    store = job_store()
+    tries = 0
+
+    def through_the_gate() -> Job | Refusal:
+        nonlocal tries
+        tries += 1
+        if tries > 1 and (job := store.claimed_at(job_id, now)) is not None:
+            return job  # a try whose answer was lost with its connection claimed it
+        return limits.admit(job_id, now, due)
+
+    try:
+        return while_database_unavailable(through_the_gate, f"admitting job {job_id}"), True
+    except (OperationalError, InterfaceError) as exc:
+        raise ClaimFailed(f"Could not claim job {job_id}: {exc}") from exc
+
+
+def _declares_limits(type_name: str) -> bool:
+    try:
+        return registry.get(type_name).limits.any
+    except registry.UnknownJobType:
+        return False
 
 
 def claim(job_id: str, now: datetime) -> Job | None:
-    """Take the job if it is queued and due; None when it is not ours to run.
+    """Take the job if it is queued and due and nothing gates it (see jobs/limits.py);
+    None when it is not ours to run here.
 
     A connection that died while the worker was idle (a database restart) is replaced;
     while the database stays unreachable the claim is tried again for a few seconds,
@@ -95,19 +137,28 @@ def claim(job_id: str, now: datetime) -> Job | None:
         raise ClaimFailed(f"Could not claim job {job_id}: {exc}") from exc
 
 
-def _handle_unclaimable(job_id: str, now: datetime) -> Outcome:
+def _refused(job_id: str, refusal: Refusal, now: datetime) -> Outcome:
     """A message that cannot claim its job is acknowledged and dropped, except one that
     arrived before its job's time, which is sent again for the right moment."""
-    job = Job.objects.filter(id=job_id).first()
-    if job is None:
-        log.info("Dropped message for job %s, which does not exist", job_id)
-        return Outcome.MISSING
-    if job.status == Status.QUEUED and job.run_at and job.run_at > now:
-        job_store().forget_message(job.id)
-        dispatch([job], now=now)
-        return Outcome.EARLY
-    log.info("Dropped message for job %s (%s)", job_id, job.status)
-    return Outcome.DUPLICATE
+    if refusal == Refusal.EARLY:
+        job = Job.objects.filter(id=job_id, status=Status.QUEUED).first()
+        if job is not None:
+            job_store().forget_message(job.id)
+            dispatch([job], now=now)
+    elif refusal == Refusal.HELD:
+        log.info("Job %s held back by a pause or a limit", job_id)
+    else:
+        log.info("Dropped message for job %s (%s)", job_id, refusal)
+    return Outcome(refusal.value)
+
+
+def _release_after(job: Job) -> None:
+    """A job that went through its type's gate has ended here: let the jobs its end
+    made room for start."""
+    try:
+        limits.release_after(job.type)
+    except (OperationalError, InterfaceError) as exc:  # the sweeper releases them later
+        log.warning("Could not release jobs held for a slot of %s: %s", job.type, exc)
 
 
 def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fields) -> Outcome:

@@ -29,9 +29,9 @@ import psycopg
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
-from django.db.models import F, JSONField, Q, QuerySet
+from django.db.models import Exists, F, JSONField, OuterRef, Q, QuerySet
 
-from .models import RETRYABLE_STATUSES, EventKind, Job, JobEvent, Status
+from .models import RETRYABLE_STATUSES, Control, EventKind, Held, Job, JobEvent, Scope, Status
 
 ENDED_BY = {
     Status.SUCCEEDED: EventKind.SUCCEEDED,
@@ -48,7 +48,14 @@ def held(job_id: Any, attempt: int) -> QuerySet[Job]:
 
 
 # What goes with a job's return to the queue: its message is gone, it runs now.
-_REQUEUED = {"dispatched_at": None, "heartbeat_at": None, "run_at": None}
+_REQUEUED = {"dispatched_at": None, "heartbeat_at": None, "run_at": None, "held": Held.NO}
+
+
+def _gating_controls() -> QuerySet[Control]:
+    """The controls that send the outer job through the limits gate."""
+    return Control.objects.filter(gates=True).filter(
+        Q(scope=Scope.TYPE, name=OuterRef("type")) | Q(scope=Scope.QUEUE, name=OuterRef("queue"))
+    )
 
 
 def created_message(job: Job) -> str:
@@ -108,14 +115,25 @@ class JobStore:
 
     # --- a run -----------------------------------------------------------------------
 
-    def claim(self, job_id: Any, now: datetime, due: datetime) -> Job | None:
+    def claim(
+        self, job_id: Any, now: datetime, due: datetime, *, gate_passed: bool = False
+    ) -> Job | None:
         """Move a queued job whose time (`run_at`, compared with `due`) has come to
-        running, add its `started` event and return it; None when it is not claimable."""
+        running, add its `started` event and return it; None when it is not claimable.
+
+        Unless `gate_passed` (jobs/limits.py admitted it under its type's lock), a job
+        that is held, expired, or that a `Control` row gates (paused, limited by staff)
+        is not claimable here either: it goes through the gate."""
         claimable = Job.objects.filter(id=job_id, status=Status.QUEUED).filter(
             Q(run_at__isnull=True) | Q(run_at__lte=due)
         )
+        if not gate_passed:
+            claimable = claimable.filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=now), held=Held.NO
+            ).exclude(Exists(_gating_controls()))
         with transaction.atomic():
             claimed = claimable.update(
+                held=Held.NO,
                 status=Status.RUNNING,
                 attempts=F("attempts") + 1,
                 started_at=now,
@@ -287,13 +305,67 @@ class JobStore:
         job.status, job.run_at, job.dispatched_at = Status.QUEUED, None, None
         return True
 
+    # --- limits and pauses (jobs/limits.py) ---------------------------------------------
+
+    def hold(self, job: Job, held: str, message: str, now: datetime) -> bool:
+        """Keep a queued job waiting without a message until a pause ends or its limit
+        frees a slot (`held`: Held.PAUSED or Held.CONCURRENCY)."""
+        with transaction.atomic():
+            if not Job.objects.filter(id=job.id, status=Status.QUEUED).update(
+                held=held, dispatched_at=None, message=message[:255], updated_at=now
+            ):
+                return False
+            if job.held != held:
+                self._add_event(job, EventKind.HELD, now, message)
+        job.held, job.dispatched_at = held, None
+        return True
+
+    def defer(self, job: Job, run_at: datetime, message: str, now: datetime) -> bool:
+        """Keep a queued job until `run_at`, the start its rate limit reserved for it."""
+        with transaction.atomic():
+            if not Job.objects.filter(id=job.id, status=Status.QUEUED).update(
+                held=Held.RATE,
+                run_at=run_at,
+                dispatched_at=None,
+                message=message[:255],
+                updated_at=now,
+            ):
+                return False
+            self._add_event(job, EventKind.HELD, now, message)
+        job.held, job.run_at, job.dispatched_at = Held.RATE, run_at, None
+        return True
+
+    def release(self, job_ids: Iterable[Any], reason: str, now: datetime) -> list[Job]:
+        """Let held jobs start again (their pause ended or their limit has room): they
+        wait for a new message. Returns the jobs released."""
+        with transaction.atomic():
+            rows = list(
+                Job.objects.select_for_update()
+                .filter(id__in=list(job_ids), status=Status.QUEUED)
+                .exclude(held=Held.NO)
+                .values_list("id", "attempts")
+            )
+            if not rows:
+                return []
+            ids = [job_id for job_id, _ in rows]
+            Job.objects.filter(id__in=ids).update(
+                held=Held.NO, run_at=None, dispatched_at=None, message="", updated_at=now
+            )
+            events = [(job_id, reason, attempt) for job_id, attempt in rows]
+            self._add_events(EventKind.RELEASED, events, now)
+        return list(Job.objects.filter(id__in=ids))
+
     # --- operators ---------------------------------------------------------------------
 
     def cancel(self, job: Job, now: datetime) -> None:
         """Cancel a queued job; ask a running one to stop at its next checkpoint."""
         with transaction.atomic():
             if Job.objects.filter(id=job.id, status=Status.QUEUED).update(
-                status=Status.CANCELLED, finished_at=now, updated_at=now, message="Cancelled"
+                status=Status.CANCELLED,
+                finished_at=now,
+                updated_at=now,
+                message="Cancelled",
+                held=Held.NO,
             ):
                 self._add_event(job, EventKind.CANCELLED, now)
             elif Job.objects.filter(
@@ -383,18 +455,29 @@ HELD = "target.status = 'running' AND target.attempts = %(attempt)s"
 # after a burst of new jobs, before the next ANALYZE), making each claim cost as much as
 # the whole backlog. The finish and the retry do the same for the running rows.
 _TARGET = f"""target AS (
-    SELECT id, status, run_at, attempts FROM "{JOBS}" WHERE id = %(id)s FOR NO KEY UPDATE
+    SELECT id, status, run_at, attempts, type, queue, held, expires_at
+    FROM "{JOBS}" WHERE id = %(id)s FOR NO KEY UPDATE
 )"""
 
-CLAIM_SQL = f"""
+# A job the claim leaves to the limits gate (jobs/limits.py): held, expired, or gated by
+# a control (paused, or limited by staff). The controls table holds a row per queue or
+# type an operator touched: an index lookup in it costs the claim next to nothing.
+NOT_GATED = f"""target.held = '' AND (target.expires_at IS NULL OR target.expires_at > %(now)s)
+        AND NOT EXISTS (
+            SELECT 1 FROM "{Control._meta.db_table}" AS control
+            WHERE control.gates AND (
+                (control.scope = 'type' AND control.name = target.type)
+                OR (control.scope = 'queue' AND control.name = target.queue)))"""
+
+_CLAIM_SQL = f"""
 WITH {_TARGET}, claimed AS (
     UPDATE "{JOBS}" AS job
     SET status = 'running', attempts = job.attempts + 1, started_at = %(now)s,
         heartbeat_at = %(now)s, finished_at = NULL, progress = 0, message = 'Running',
-        updated_at = %(now)s
+        updated_at = %(now)s, held = ''
     FROM target
     WHERE job.id = target.id AND target.status = 'queued'
-        AND (target.run_at IS NULL OR target.run_at <= %(due)s)
+        AND (target.run_at IS NULL OR target.run_at <= %(due)s){{gate}}
     RETURNING {_JOB_COLUMNS}
 ), started AS (
     {ADD_EVENT}
@@ -403,6 +486,8 @@ WITH {_TARGET}, claimed AS (
 )
 SELECT {_COLUMNS} FROM claimed
 """
+CLAIM_SQL = _CLAIM_SQL.replace("{gate}", f"\n        AND {NOT_GATED}")
+GATE_PASSED_CLAIM_SQL = _CLAIM_SQL.replace("{gate}", "")
 
 FINISH_SQL = f"""
 WITH {_TARGET}, ended AS (
@@ -496,10 +581,13 @@ class PostgresJobStore(JobStore):
         with _connection().cursor() as cursor:
             cursor.execute(MARK_DISPATCHED_SQL, (now, _joined(job.id for job in jobs), now))
 
-    def claim(self, job_id: Any, now: datetime, due: datetime) -> Job | None:
+    def claim(
+        self, job_id: Any, now: datetime, due: datetime, *, gate_passed: bool = False
+    ) -> Job | None:
         connection = _connection()
+        sql = GATE_PASSED_CLAIM_SQL if gate_passed else CLAIM_SQL
         with _prepared_cursor(connection) as cursor:
-            cursor.execute(CLAIM_SQL, {"id": job_id, "now": now, "due": due})
+            cursor.execute(sql, {"id": job_id, "now": now, "due": due})
             row = cursor.fetchone()
         return None if row is None else _job_from_row(row, connection)
 

@@ -17,9 +17,9 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis import RedisError
 
-from . import broker_loss, worker_loss
+from . import broker_loss, limits, worker_loss
 from .dispatch import dispatch
-from .models import Job, Status, WorkerHeartbeat
+from .models import Held, Job, Status, WorkerHeartbeat
 from .store import held, job_store
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def sweep() -> dict[str, int]:
         "resent": resent,
         "restored": restored,
         "recovered": recover_stalled(),
+        "released": limits.release_held(),
         "dispatched": dispatch_due(),
     }
 
@@ -55,6 +56,8 @@ def dispatch_due(now: datetime | None = None) -> int:
     due = (
         Job.objects.filter(status=Status.QUEUED)
         .filter(never_sent | lost)
+        # Held for a pause or a slot: they wait to be released, not for a message.
+        .exclude(held__in=[Held.PAUSED, Held.CONCURRENCY])
         .order_by("-priority", "created_at")[: settings.JOBS_SWEEP_BATCH]
     )
     return dispatch(due, now=now)

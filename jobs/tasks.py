@@ -30,7 +30,7 @@ def task_for(jt: registry.JobType) -> Task:
 
     def run(job_id: str) -> str:
         try:
-            return runner.execute(job_id)
+            return runner.execute(job_id, type_name=jt.name)
         except runner.ClaimFailed as exc:
             # Not taken: back to the queue for when the database answers again.
             log.warning("%s; message requeued", exc)

@@ -22,7 +22,12 @@ def _id(job: Job | uuid.UUID | str) -> str:
 
 def run(job: Job | uuid.UUID | str, *, now: datetime | None = None) -> str:
     """Run the job once, as a worker handed its message at `now` would; the outcome."""
-    return runner.execute(_id(job), now=now)
+    type_name = (
+        job.type
+        if isinstance(job, Job)
+        else Job.objects.filter(id=_id(job)).values_list("type", flat=True).first()
+    )
+    return runner.execute(_id(job), now=now, type_name=type_name)
 
 
 def run_to_the_end(job: Job | uuid.UUID | str, *, max_runs: int = 10) -> list[str]:

@@ -75,6 +75,7 @@ def test_totals_and_per_type_counts_match_the_jobs(staff):
         "succeeded": 0,
         "failed": 1,
         "cancelled": 0,
+        "expired": 0,
     }
     by_type = {row["type"]: row for row in data["by_type"]}
     assert by_type["system.noop"]["queued"] == 3

@@ -1,0 +1,383 @@
+"""Global limits and pauses, held at the claim across all workers.
+
+A job whose type declares limits (`JobType.limits`), or which a `Control` row gates
+(a paused queue or type, limits set by staff), is claimed through `admit`: under a lock
+on its type's `LimitState` row, which serializes the gated claims of one type on every
+worker. The gate decides on the database's rows, so the limits hold across machines,
+survive restarts, and a lost worker's jobs are counted until they are recovered.
+
+- Paused: the job is held (`held="paused"`) without a message; resuming releases it.
+- Concurrency: at most N of the type running (and at most M of one owner's). A job over
+  the cap is held (`held="concurrency"`) without a message; a job of the type that ends
+  releases as many as there are free slots (`release_after`), and the sweeper does the
+  same every few seconds in case the worker that ended it died first.
+- Rate: at most N started in any window of `period` seconds, per type and per owner.
+  A job over the rate reserves the earliest start that keeps every window within the
+  limit, behind the jobs that reserved before it, and is sent again with that ETA (or
+  by the sweeper when that is further than JOBS_BROKER_DELAY_MAX ahead): one deferral
+  per job, however long the backlog, and no worker polls.
+
+Types without limits and not gated pay nothing: their claim statement checks that no
+`Control` row gates them in the same statement (jobs/store.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import registry
+from .dispatch import dispatch
+from .models import Control, Held, Job, LimitState, Scope, Status
+from .store import job_store
+
+log = logging.getLogger(__name__)
+
+RELEASE_BATCH = 500
+
+
+class Refusal(StrEnum):
+    """Why a message did not start its job."""
+
+    MISSING = "missing"  # no such job
+    DUPLICATE = "duplicate"  # the job is not queued: another message ran or will run it
+    EARLY = "early"  # its time has not come
+    EXPIRED = "expired"  # its expiry passed before it started: it ended as expired
+    HELD = "held"  # a pause or a limit holds it; it starts when released
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What applies to one job: why it may not start now (`paused`: "queue emails",
+    "type reports.generate" or None) and its type's limits."""
+
+    paused: str | None
+    limits: registry.Limits
+
+    @property
+    def gated(self) -> bool:
+        return self.paused is not None or self.limits.any
+
+
+def rules_for(jt: registry.JobType, queue: str) -> Rules:
+    """The rules for a job of type `jt` in `queue`, read from the database."""
+    rows = {
+        (c.scope, c.name): c
+        for c in Control.objects.filter(scope=Scope.TYPE, name=jt.name)
+        | Control.objects.filter(scope=Scope.QUEUE, name=queue)
+    }
+    by_type, by_queue = rows.get((Scope.TYPE, jt.name)), rows.get((Scope.QUEUE, queue))
+    paused = None
+    if by_queue is not None and by_queue.paused:
+        paused = f"queue {queue}"
+    if by_type is not None and by_type.paused:
+        paused = f"type {jt.name}"
+    return Rules(paused=paused, limits=effective_limits(jt, by_type))
+
+
+def effective_limits(jt: registry.JobType, control: Control | None = None) -> registry.Limits:
+    """The limits in force for `jt`: staff's replacement, else what the type declares."""
+    if control is None or not control.overrides_limits:
+        return jt.limits
+    return registry.Limits(
+        concurrency=control.concurrency,
+        owner_concurrency=control.owner_concurrency,
+        rate=control.rate,
+        owner_rate=control.owner_rate,
+        period=control.period or jt.limits.period,
+    )
+
+
+def control_for(scope: str, name: str) -> Control | None:
+    return Control.objects.filter(scope=scope, name=name).first()
+
+
+def admit(job_id: str, now: datetime, due: datetime) -> Job | Refusal:
+    """Claim the job through its pause and limits: the job, running, when it may start
+    now; otherwise why not (a held or deferred job starts when released or reserved)."""
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        return Refusal.MISSING
+    if job.status != Status.QUEUED:
+        return Refusal.DUPLICATE
+    if job.run_at and job.run_at > due:
+        return Refusal.EARLY
+    if job.expires_at and job.expires_at <= now:
+        return Refusal.EXPIRED if job_store().expire(job, now) else Refusal.DUPLICATE
+    jt = registry.get(job.type)
+    rules = rules_for(jt, job.queue)
+    if not rules.gated:
+        # Nothing limits it (any more): a plain claim, which a racing message may win.
+        return job_store().claim(job_id, now, due, gate_passed=True) or Refusal.DUPLICATE
+    deferred: list[Job] = []
+    with transaction.atomic():
+        _lock(_type_key(jt.name))
+        job = Job.objects.filter(id=job_id, status=Status.QUEUED).first()
+        if job is None:
+            return Refusal.DUPLICATE
+        decision = _decide(job, rules, now)
+        if decision is None:
+            claimed = job_store().claim(job_id, now, due, gate_passed=True)
+            return claimed or Refusal.DUPLICATE
+        if job.held == Held.RATE:
+            _cancel_reservation(job, rules)  # missed its turn: it takes a new one
+        if decision == Held.RATE:
+            start = _reserve(job, rules.limits, now)
+            job_store().defer(job, start, _rate_message(rules.limits, start), now)
+            deferred.append(job)
+        else:
+            job_store().hold(job, decision, _hold_message(decision, rules, job), now)
+        transaction.on_commit(lambda: dispatch(deferred, now=now))
+    return Refusal.HELD
+
+
+def _decide(job: Job, rules: Rules, now: datetime) -> str | None:
+    """What holds `job` back (a Held value), or None when it may start now; a start
+    within the rate limit is taken here (the caller claims in the same transaction)."""
+    if rules.paused:
+        return Held.PAUSED
+    limits = rules.limits
+    if limits.concurrency is not None and _running(job.type) >= limits.concurrency:
+        return Held.CONCURRENCY
+    if (
+        limits.owner_concurrency is not None
+        and job.owner_id is not None
+        and _running(job.type, job.owner_id) >= limits.owner_concurrency
+    ):
+        return Held.CONCURRENCY
+    if not _takes_start(job, limits, now):
+        return Held.RATE
+    return None
+
+
+def _running(type_name: str, owner_id: int | None = None) -> int:
+    running = Job.objects.filter(type=type_name, status=Status.RUNNING)
+    if owner_id is not None:
+        running = running.filter(owner_id=owner_id)
+    return running.order_by().count()
+
+
+# --- rate limits: a window log per type and per owner ------------------------------------
+#
+# Each bucket keeps the times of its last `rate` starts and the starts reserved for jobs
+# waiting their turn (epoch milliseconds). A start at t is allowed while fewer than
+# `rate` starts fall in (t - period, t]; so every window of `period` seconds holds at
+# most `rate` starts. A job refused reserves the earliest time that keeps this true
+# after every reservation before it, and comes back then.
+
+
+def _buckets(job: Job, limits) -> list[tuple[str, int]]:
+    found = []
+    if limits.rate is not None:
+        found.append((_type_key(job.type), limits.rate))
+    if limits.owner_rate is not None and job.owner_id is not None:
+        found.append((f"{_type_key(job.type)}#owner:{job.owner_id}", limits.owner_rate))
+    return found
+
+
+def _takes_start(job: Job, limits, now: datetime) -> bool:
+    """Take a start at `now` in each of the job's rate buckets if all have room; a job
+    arriving for its reservation only needs room among the starts made so far."""
+    buckets = _buckets(job, limits)
+    if not buckets:
+        return True
+    at = _ms(now)
+    period = int(limits.period * 1000)
+    states = [(_state(key), rate) for key, rate in buckets]
+    reserved_for = _ms(job.run_at) if job.held == Held.RATE and job.run_at else None
+    for state, rate in states:
+        if reserved_for is not None:
+            if _count_since(state.starts, at - period) >= rate:
+                return False
+        elif _earliest(state, rate, period, at) > at:
+            return False
+    for state, rate in states:
+        if reserved_for is not None and reserved_for in state.reserved:
+            state.reserved.remove(reserved_for)
+        state.starts = [*_pruned(state.starts, at - period), at][-rate:]
+        state.reserved = _pruned(state.reserved, at - period)
+        state.save(update_fields=["starts", "reserved"])
+    return True
+
+
+def _reserve(job: Job, limits, now: datetime) -> datetime:
+    """Reserve the earliest start the job's rate buckets all allow, after every start
+    reserved before it; returns it."""
+    at = _ms(now)
+    period = int(limits.period * 1000)
+    states = [(_state(key), rate) for key, rate in _buckets(job, limits)]
+    start = max(_earliest(state, rate, period, at) for state, rate in states)
+    for state, _rate in states:
+        state.reserved = [*_pruned(state.reserved, at - period), start]
+        state.save(update_fields=["reserved"])
+    return datetime.fromtimestamp(start / 1000, tz=now.tzinfo)
+
+
+def _earliest(state: LimitState, rate: int, period: int, at: int) -> int:
+    """The earliest start at or after `at` that keeps every window within `rate`,
+    behind the starts already reserved."""
+    log = sorted([*state.starts, *state.reserved])
+    start = at
+    if state.reserved:
+        start = max(start, state.reserved[-1])
+    if len(log) >= rate:
+        start = max(start, log[-rate] + period)
+    return start
+
+
+def _cancel_reservation(job: Job, rules: Rules) -> None:
+    reserved_for = _ms(job.run_at)
+    for key, _rate in _buckets(job, rules.limits):
+        state = _state(key)
+        if reserved_for in state.reserved:
+            state.reserved.remove(reserved_for)
+            state.save(update_fields=["reserved"])
+
+
+def _count_since(times: list[int], after: int) -> int:
+    return len(times) - bisect.bisect_right(sorted(times), after)
+
+
+def _pruned(times: list[int], after: int) -> list[int]:
+    return sorted(t for t in times if t > after)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+# --- the lock and the state rows ------------------------------------------------------------
+
+
+def _type_key(type_name: str) -> str:
+    return f"type:{type_name}"
+
+
+def _lock(key: str) -> None:
+    """Lock the state row `key` until the transaction ends (creating it if need be):
+    an UPDATE takes the row lock on PostgreSQL and, first in an IMMEDIATE transaction,
+    is already serialized on SQLite."""
+    if LimitState.objects.filter(key=key).update(key=key):
+        return
+    try:
+        with transaction.atomic():
+            LimitState.objects.create(key=key)
+    except IntegrityError:
+        pass
+    LimitState.objects.filter(key=key).update(key=key)
+
+
+def _state(key: str) -> LimitState:
+    state, _ = LimitState.objects.get_or_create(key=key)
+    return state
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def _hold_message(held: str, rules: Rules, job: Job) -> str:
+    if held == Held.PAUSED:
+        return f"Waiting: {rules.paused} is paused"
+    limits = rules.limits
+    if limits.concurrency is not None and _running(job.type) >= limits.concurrency:
+        return f"Waiting for a slot: {limits.concurrency} of {job.type} running at most"
+    return f"Waiting for a slot: {limits.owner_concurrency} of {job.type} per owner running at most"
+
+
+def _rate_message(limits: registry.Limits, start: datetime) -> str:
+    return (
+        f"Rate limited to {limits.rate or limits.owner_rate} per {limits.period:g}s: "
+        f"starts at {start.isoformat(timespec='seconds')}"
+    )
+
+
+# --- releasing held jobs -----------------------------------------------------------------------
+
+
+def release_after(type_name: str, now: datetime | None = None) -> int:
+    """Send as many of the type's jobs held for a concurrency slot as there are free
+    slots (per owner too); each is admitted again by the gate. Returns how many."""
+    now = now or timezone.now()
+    limits = effective_limits(registry.get(type_name), control_for(Scope.TYPE, type_name))
+    waiting = Job.objects.filter(type=type_name, status=Status.QUEUED, held=Held.CONCURRENCY)
+    if limits.concurrency is None and limits.owner_concurrency is None:
+        return _release(waiting.order_by("-priority", "created_at")[:RELEASE_BATCH], now)
+    free = RELEASE_BATCH
+    if limits.concurrency is not None:
+        free = max(0, limits.concurrency - _running(type_name))
+    if not free:
+        return 0
+    chosen = []
+    running_by_owner: dict[int, int] = {}
+    for job_id, owner_id in waiting.order_by("-priority", "created_at").values_list(
+        "id", "owner_id"
+    )[:RELEASE_BATCH]:
+        if limits.owner_concurrency is not None and owner_id is not None:
+            if owner_id not in running_by_owner:
+                running_by_owner[owner_id] = _running(type_name, owner_id)
+            if running_by_owner[owner_id] >= limits.owner_concurrency:
+                continue
+            running_by_owner[owner_id] += 1
+        chosen.append(job_id)
+        if len(chosen) >= free:
+            break
+    return _release(chosen, now)
+
+
+def release_paused(now: datetime | None = None) -> int:
+    """Send the held jobs whose queue and type are no longer paused. Returns how many."""
+    paused = set(Control.objects.filter(paused=True).values_list("scope", "name"))
+    waiting = Job.objects.filter(status=Status.QUEUED, held=Held.PAUSED).order_by(
+        "-priority", "created_at"
+    )
+    free = [
+        job_id
+        for job_id, type_name, queue in waiting.values_list("id", "type", "queue")[:RELEASE_BATCH]
+        if (Scope.TYPE, type_name) not in paused and (Scope.QUEUE, queue) not in paused
+    ]
+    return _release(free, now or timezone.now(), reason="Resumed")
+
+
+def reconsider(type_name: str, now: datetime | None = None) -> int:
+    """After the type's limits changed: its jobs waiting for a reserved start take a
+    new turn under the new limits, and those waiting for a slot are sent as the new
+    limits allow. Returns how many were sent."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        _lock(_type_key(type_name))
+        LimitState.objects.filter(key__startswith=_type_key(type_name)).update(reserved=[])
+        deferred = Job.objects.filter(type=type_name, status=Status.QUEUED, held=Held.RATE)
+        released = job_store().release(deferred.values_list("id", flat=True), "Limits changed", now)
+        transaction.on_commit(lambda: dispatch(released, now=now))
+    return len(released) + release_after(type_name, now)
+
+
+def release_held(now: datetime | None = None) -> int:
+    """The sweeper's pass: release what resumes and freed slots allow, in case the
+    worker that should have released them died first."""
+    now = now or timezone.now()
+    released = release_paused(now)
+    waiting_types = (
+        Job.objects.filter(status=Status.QUEUED, held=Held.CONCURRENCY)
+        .order_by()
+        .values_list("type", flat=True)
+        .distinct()
+    )
+    for type_name in list(waiting_types):
+        try:
+            released += release_after(type_name, now)
+        except registry.UnknownJobType:
+            continue
+    return released
+
+
+def _release(job_ids, now: datetime, reason: str = "A slot is free") -> int:
+    released = job_store().release(list(job_ids), reason, now)
+    dispatch(released, now=now)
+    return len(released)
