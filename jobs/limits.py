@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from django.db import IntegrityError, transaction
@@ -40,6 +40,8 @@ from .store import job_store
 log = logging.getLogger(__name__)
 
 RELEASE_BATCH = 500
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 class Refusal(StrEnum):
@@ -98,9 +100,13 @@ def control_for(scope: str, name: str) -> Control | None:
     return Control.objects.filter(scope=scope, name=name).first()
 
 
-def admit(job_id: str, now: datetime, due: datetime) -> Job | Refusal:
+def admit(
+    job_id: str, now: datetime, due: datetime, *, at_a_given_time: bool = False
+) -> Job | Refusal:
     """Claim the job through its pause and limits: the job, running, when it may start
-    now; otherwise why not (a held or deferred job starts when released or reserved)."""
+    now; otherwise why not (a held or deferred job starts when released or reserved).
+    `now` moves on by the time spent waiting for the type's lock, unless
+    `at_a_given_time` (the caller chose the moment)."""
     job = Job.objects.filter(id=job_id).first()
     if job is None:
         return Refusal.MISSING
@@ -118,6 +124,11 @@ def admit(job_id: str, now: datetime, due: datetime) -> Job | Refusal:
     deferred: list[Job] = []
     with transaction.atomic():
         _lock(_type_key(jt.name))
+        if not at_a_given_time:
+            # The start is when the lock is ours: the jobs that ended while we waited
+            # for it must not seem to overlap this one.
+            waited = max(timezone.now() - now, timedelta(0))
+            now, due = now + waited, due + waited
         job = Job.objects.filter(id=job_id, status=Status.QUEUED).first()
         if job is None:
             return Refusal.DUPLICATE
@@ -200,7 +211,7 @@ def _takes_start(job: Job, limits, now: datetime) -> bool:
     for state, rate in states:
         if reserved_for is not None and reserved_for in state.reserved:
             state.reserved.remove(reserved_for)
-        state.starts = [*_pruned(state.starts, at - period), at][-rate:]
+        state.starts = [*_pruned(state.starts, at - period), _ms_up(now)][-rate:]
         state.reserved = _pruned(state.reserved, at - period)
         state.save(update_fields=["starts", "reserved"])
     return True
@@ -216,7 +227,7 @@ def _reserve(job: Job, limits, now: datetime) -> datetime:
     for state, _rate in states:
         state.reserved = [*_pruned(state.reserved, at - period), start]
         state.save(update_fields=["reserved"])
-    return datetime.fromtimestamp(start / 1000, tz=now.tzinfo)
+    return EPOCH + start * MILLISECOND
 
 
 def _earliest(state: LimitState, rate: int, period: int, at: int) -> int:
@@ -249,7 +260,14 @@ def _pruned(times: list[int], after: int) -> list[int]:
 
 
 def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+    """`moment` in epoch milliseconds, rounded down: when a start is asked for."""
+    return (moment - EPOCH) // MILLISECOND
+
+
+def _ms_up(moment: datetime) -> int:
+    """`moment` in epoch milliseconds, rounded up: when a start was made, so that a
+    window counted from it never ends before the true one."""
+    return -((EPOCH - moment) // MILLISECOND)
 
 
 # --- the lock and the state rows ------------------------------------------------------------

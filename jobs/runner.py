@@ -54,7 +54,7 @@ def execute(job_id: str, *, now: datetime | None = None, type_name: str | None =
     `type_name`, the type the message was sent for, spares a type with limits the
     claim that ignores them."""
     claimed_at = now or timezone.now()
-    job, gated = admit(job_id, claimed_at, type_name)
+    job, gated = admit(job_id, claimed_at, type_name, at_a_given_time=now is not None)
     if not isinstance(job, Job):
         return _refused(job_id, job, claimed_at)
     jt = registry.get(job.type)
@@ -78,7 +78,9 @@ def execute(job_id: str, *, now: datetime | None = None, type_name: str | None =
     return outcome
 
 
-def admit(job_id: str, now: datetime, type_name: str | None = None) -> tuple[Job | Refusal, bool]:
+def admit(
+    job_id: str, now: datetime, type_name: str | None = None, *, at_a_given_time: bool = False
+) -> tuple[Job | Refusal, bool]:
     """Claim the job, through its type's limits and pauses when it has any: the job
     (running) or why it did not start, and whether it went through the gate."""
     declares_limits = type_name is not None and _declares_limits(type_name)
@@ -95,7 +97,7 @@ def admit(job_id: str, now: datetime, type_name: str | None = None) -> tuple[Job
         tries += 1
         if tries > 1 and (job := store.claimed_at(job_id, now)) is not None:
             return job  # a try whose answer was lost with its connection claimed it
-        return limits.admit(job_id, now, due)
+        return limits.admit(job_id, now, due, at_a_given_time=at_a_given_time)
 
     try:
         return while_database_unavailable(through_the_gate, f"admitting job {job_id}"), True
