@@ -1,4 +1,4 @@
-"""`python -m bench [NAME ...]`: run the benchmarks (all nine by default), each in a
+"""`python -m bench [NAME ...]`: run the benchmarks (all ten by default), each in a
 process of its own (each sets Django up for its own database), print their figures as
 they come, and write bench/results/summary.json next to each bench/results/NAME.json."""
 
@@ -14,8 +14,19 @@ from datetime import UTC, datetime
 from bench import harness
 
 # In the issue's order: end-to-end, enqueue, API, reports, scale, recovery, latency, pools;
-# then the API with the broker paused.
-BENCHMARKS = ["e2e", "enqueue", "api", "reports", "scale", "recovery", "latency", "pools", "hang"]
+# then the API with the broker paused; then the cost of a limit check.
+BENCHMARKS = [
+    "e2e",
+    "enqueue",
+    "api",
+    "reports",
+    "scale",
+    "recovery",
+    "latency",
+    "pools",
+    "hang",
+    "limits",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -321,9 +321,11 @@ def _rate_message(limits: registry.Limits, start: datetime) -> str:
 def release_after(type_name: str, now: datetime | None = None) -> int:
     """Send as many of the type's jobs held for a concurrency slot as there are free
     slots (per owner too); each is admitted again by the gate. Returns how many."""
+    waiting = Job.objects.filter(type=type_name, status=Status.QUEUED, held=Held.CONCURRENCY)
+    if not waiting.exists():  # the common case: one look at the few held rows' index
+        return 0
     now = now or timezone.now()
     limits = effective_limits(registry.get(type_name), control_for(Scope.TYPE, type_name))
-    waiting = Job.objects.filter(type=type_name, status=Status.QUEUED, held=Held.CONCURRENCY)
     if limits.concurrency is None and limits.owner_concurrency is None:
         return _release(waiting.order_by("-priority", "created_at")[:RELEASE_BATCH], now)
     free = RELEASE_BATCH
