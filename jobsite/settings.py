@@ -414,6 +414,8 @@ JOBS_USER_MAX_ACTIVE = env.int("JOBS_USER_MAX_ACTIVE", default=1000)
 JOBS_USER_SLEEP_MAX_SECONDS = env.float("JOBS_USER_SLEEP_MAX_SECONDS", default=60.0)
 # How far ahead an API caller (staff too) may schedule a job's run_at, in seconds.
 JOBS_MAX_SCHEDULE_AHEAD = env.int("JOBS_MAX_SCHEDULE_AHEAD", default=365 * 24 * 3600)
+# Reports one user may have rendering at once, across all workers; the rest wait queued.
+REPORTS_RUNNING_PER_OWNER = env.int("REPORTS_RUNNING_PER_OWNER", default=2)
 # The claim and finish statements every job runs are prepared once per connection
 # (PostgreSQL); 0 for connection poolers that cannot keep prepared statements.
 JOBS_PREPARED_STATEMENTS = env.bool("JOBS_PREPARED_STATEMENTS", default=True)

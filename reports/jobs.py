@@ -2,9 +2,10 @@
 
 from datetime import timedelta
 
+from django.conf import settings
 from rest_framework import serializers
 
-from jobs.engine import JobContext, Retention, job_type
+from jobs.engine import JobContext, Limits, Retention, job_type
 
 from . import services
 from .models import Report
@@ -22,6 +23,8 @@ class GeneratePayload(serializers.Serializer):
     backoff_base=2,
     soft_time_limit=600,
     retention=Retention(succeeded_for=timedelta(days=30), failed_for=timedelta(days=30)),
+    # One user's bulk of reports waits its turn instead of taking every worker.
+    limits=Limits(owner_concurrency=settings.REPORTS_RUNNING_PER_OWNER),
     description="Render a PDF report in phases and e-mail its owner a link.",
 )
 def generate_report(ctx: JobContext) -> dict:

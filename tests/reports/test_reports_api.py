@@ -248,3 +248,24 @@ def test_report_jobs_run_on_their_own_queue_with_three_attempts_backing_off_from
         3,
         2.0,
     )
+
+
+def test_a_users_bulk_of_reports_waits_its_turn_and_does_not_hold_back_another_users(
+    user, other_user, settings
+):
+    from reports.services import request_report
+
+    cap = registry.get("reports.generate").limits.owner_concurrency
+    assert cap == settings.REPORTS_RUNNING_PER_OWNER
+    mine = [request_report(user, "job_activity") for _ in range(cap + 1)]
+    theirs = request_report(other_user, "job_activity")
+    # The first `cap` of the user's reports are rendering on other workers.
+    Job.objects.filter(id__in=[r.job_id for r in mine[:cap]]).update(
+        status=Status.RUNNING, started_at=timezone.now()
+    )
+
+    assert run_report(str(mine[cap].id)) == "held"
+    waiting = Job.objects.get(id=mine[cap].job_id)
+    assert (waiting.status, waiting.held) == (Status.QUEUED, "concurrency")
+    assert f"{cap} of reports.generate per owner" in waiting.events.get(kind="held").message
+    assert run_report(str(theirs.id)) == "succeeded"
