@@ -6,7 +6,7 @@ from .api import JobSerializer, job_data
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .models import FINISHED_STATUSES, Job, Status
-from .registry import Exposure, Retention, job_type
+from .registry import Exposure, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
 from .visibility import one_line_error
 
@@ -24,6 +24,7 @@ __all__ = [
     "Retention",
     "Status",
     "TooManyActiveJobs",
+    "Unique",
     "cancel",
     "enqueue",
     "enqueue_many",
