@@ -35,6 +35,18 @@ class InvalidTransition(Exception):
         self.action = action
 
 
+class UniqueKeyHeld(InvalidTransition):
+    """A unique job cannot become active again while another job holds its key."""
+
+    def __init__(self, job, holder, action: str):
+        super().__init__(job, action)
+        self.args = (
+            f"Cannot {action} this job: job {holder.id} with the same unique key is "
+            f"{holder.status}.",
+        )
+        self.holder = holder
+
+
 class TooManyActiveJobs(Exception):
     """Creating more jobs would take a user past their cap of queued and running jobs.
 

@@ -16,6 +16,7 @@ class Status(models.TextChoices):
     EXPIRED = "expired", "Expired"
 
 
+ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
 FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 
@@ -47,7 +48,7 @@ class JobQuerySet(models.QuerySet):
         return self.filter(owner=user)
 
     def active(self) -> "JobQuerySet":
-        return self.filter(status__in=(Status.QUEUED, Status.RUNNING))
+        return self.filter(status__in=ACTIVE_STATUSES)
 
 
 class Job(models.Model):

@@ -16,6 +16,8 @@ endpoints create any type. A type that says nothing is not creatable through the
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -81,12 +83,21 @@ NO_LIMITS = Limits()
 @dataclass(frozen=True)
 class Unique:
     """Only one queued or running job of the type per owner and value of `fields`; a
-    second create returns the first. With `debounce` (seconds), a create within that
-    long of a queued job replaces the queued job's payload instead, and the job starts
-    `debounce` seconds after the first create of the burst."""
+    second create returns the first. With `debounce` (seconds), the job starts that long
+    after the first create of a burst, and a create while it is still queued replaces
+    its payload instead; a create while it runs queues a new job (see jobs/services.py).
+    """
 
     fields: tuple[str, ...]
     debounce: float | None = None
+
+    def key_for(self, owner_id: Any, payload: dict[str, Any]) -> str:
+        """The job's unique key: a hash of its owner and the values of `fields` in its
+        validated payload (a field it lacks counts as null). Fixed length, whatever the
+        values."""
+        values = {name: payload.get(name) for name in self.fields}
+        canonical = json.dumps([owner_id, values], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -179,8 +190,20 @@ def register(jt: JobType) -> JobType:
         raise ValueError(f"Job type {jt.name!r} is already registered")
     if unknown := jt.staff_fields - jt.serializer().fields.keys():
         raise ValueError(f"Job type {jt.name!r}: no payload field {', '.join(sorted(unknown))}")
+    if jt.unique is not None:
+        _check_unique(jt)
     _registry[jt.name] = jt
     return jt
+
+
+def _check_unique(jt: JobType) -> None:
+    unique = jt.unique
+    if not unique.fields:
+        raise ValueError(f"Job type {jt.name!r}: a unique type names at least one payload field")
+    if unknown := set(unique.fields) - jt.serializer().fields.keys():
+        raise ValueError(f"Job type {jt.name!r}: no payload field {', '.join(sorted(unknown))}")
+    if unique.debounce is not None and unique.debounce <= 0:
+        raise ValueError(f"Job type {jt.name!r}: debounce must be more than 0 seconds")
 
 
 def unregister(name: str) -> None:

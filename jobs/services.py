@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -18,7 +18,7 @@ from rest_framework import serializers
 
 from . import registry
 from .dispatch import dispatch, dispatch_new, mark_new
-from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
+from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs, UniqueKeyHeld
 from .models import FINISHED_STATUSES, RETRYABLE_STATUSES, Job, Priority, Status
 from .store import job_store
 
@@ -71,38 +71,31 @@ def enqueue(
     """Create a job and send it to its queue once the surrounding transaction commits.
 
     With an `idempotency_key`, a repeat of the same request returns the existing job
-    (created=False) and a repeat with other data raises `IdempotencyConflict`.
+    (created=False) and a repeat with other data raises `IdempotencyConflict`. For a
+    type that declares `unique`, a create while a job with the same key is active
+    returns that job (created=False), its payload replaced when the type debounces.
     """
     spec = JobSpec(type_name, payload, idempotency_key, priority, run_at)
     job = _build_job(spec, validate_payload(type_name, payload), owner)
     mark_new([job], timezone.now())
-    if not idempotency_key:
+    if not idempotency_key and not job.unique_key:
         # The store writes the row and its events atomically: no transaction needed here.
         job_store().insert(job)
         transaction.on_commit(lambda: dispatch_new([job]))
         return Enqueued(job, created=True)
     with transaction.atomic():
-        existing = existing_for_key(owner, idempotency_key)
-        if existing:
-            return Enqueued(_same_request_or_conflict(existing, job), created=False)
-        try:
-            with transaction.atomic():
-                job_store().insert(job)
-        except IntegrityError:
-            # A concurrent request with the same key committed first.
-            existing = existing_for_key(owner, idempotency_key)
-            if existing is None:
-                raise
-            return Enqueued(_same_request_or_conflict(existing, job), created=False)
-        transaction.on_commit(lambda: dispatch_new([job]))
-    return Enqueued(job, created=True)
+        outcome = _create_keyed(job, owner)
+        if outcome.created:
+            transaction.on_commit(lambda: dispatch_new([job]))
+    return outcome
 
 
 def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
     """Create many jobs in one transaction and dispatch them in broker batches.
 
     Every spec is validated first; if any is invalid, a `ValidationError` keyed by
-    the spec's index is raised and nothing is written.
+    the spec's index is raised and nothing is written. Idempotency keys and unique
+    keys apply to each spec as in `enqueue`, in the order given.
     """
     errors: dict[str, Any] = {}
     jobs: list[Job] = []
@@ -129,19 +122,82 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
     with transaction.atomic():
         keyed = {j.idempotency_key: j for j in jobs if j.idempotency_key}
         existing = _existing_for_keys(owner, list(keyed))
-        new_jobs = []
+        now = timezone.now()
+        mark_new(jobs, now)
+        new_jobs, created_one_by_one = [], []
         for job in jobs:
             if job.idempotency_key in existing:
                 found = existing[job.idempotency_key]
                 results.append(Enqueued(_same_request_or_conflict(found, job), created=False))
+            elif job.unique_key:
+                # Each against the jobs written before it, this request's own included.
+                outcome = _create_keyed(job, owner)
+                results.append(outcome)
+                if outcome.created:
+                    created_one_by_one.append(job)
             else:
                 new_jobs.append(job)
                 results.append(Enqueued(job, created=True))
-        now = timezone.now()
-        mark_new(new_jobs, now)
         job_store().insert_many(new_jobs, now)
-        transaction.on_commit(lambda: dispatch_new(new_jobs))
+        sent = [*created_one_by_one, *new_jobs]
+        transaction.on_commit(lambda: dispatch_new(sent))
     return results
+
+
+# A create that loses a race for a key looks again; a second loss in a row means the
+# key changes hands faster than creates can follow, which no caller does.
+KEYED_CREATE_TRIES = 3
+
+
+def _create_keyed(job: Job, owner) -> Enqueued:
+    """Insert `job`, which has an idempotency key or a unique key, unless a job already
+    answers for one of them. Runs in the caller's transaction.
+
+    The database's unique constraints decide races: a concurrent create that committed
+    the key first makes the insert fail, and the loop finds that job instead."""
+    for tries_left in reversed(range(KEYED_CREATE_TRIES)):
+        if job.idempotency_key:
+            existing = existing_for_key(owner, job.idempotency_key)
+            if existing:
+                return Enqueued(_same_request_or_conflict(existing, job), created=False)
+        if job.unique_key:
+            holder = _unique_key_holder(job)
+            if holder is not None:
+                return Enqueued(holder, created=False)
+        try:
+            with transaction.atomic():
+                job_store().insert(job)
+        except IntegrityError:
+            if not tries_left:
+                raise
+            continue
+        return Enqueued(job, created=True)
+    raise AssertionError("unreachable")
+
+
+def _unique_key_holder(job: Job) -> Job | None:
+    """The active job that answers for a create of `job` (its payload replaced with
+    `job`'s when the type debounces), or None when `job` may be inserted.
+
+    A debounced type lets a new job queue while one with its key runs: the running
+    job gives its key up (the constraint covers queued and running jobs alike), so
+    its run, which may have read the old payload already, does not swallow the save."""
+    store = job_store()
+    debounce = registry.get(job.type).unique.debounce
+    while (holder := store.active_with_key(job.type, job.unique_key, job.owner_id)) is not None:
+        if holder.status == Status.RUNNING and holder.cancel_requested:
+            # A run that is being cancelled answers for nothing new.
+            if store.give_up_unique_key(holder):
+                return None
+        elif debounce is None:
+            return holder
+        elif holder.status == Status.QUEUED:
+            if store.debounce(holder, job.payload, timezone.now()):
+                return holder
+        elif store.give_up_unique_key(holder):
+            return None
+        # The holder changed state between the read and the write: look again.
+    return None
 
 
 def _validate_once(spec: JobSpec, validated: dict[tuple[str, str], str]) -> dict[str, Any]:
@@ -163,6 +219,14 @@ def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
         raise serializers.ValidationError(
             {"priority": [f"Must be one of: {', '.join(p.label for p in Priority)}."]}
         ) from None
+    unique_key, run_at = None, spec.run_at
+    if jt.unique is not None:
+        unique_key = jt.unique.key_for(owner.pk if owner is not None else None, payload)
+        if jt.unique.debounce is not None:
+            # The first create of a burst sets when it runs; later ones only replace
+            # the payload.
+            debounced = timezone.now() + timedelta(seconds=jt.unique.debounce)
+            run_at = max(run_at, debounced) if run_at else debounced
     return Job(
         type=jt.name,
         owner=owner,
@@ -171,7 +235,8 @@ def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
         max_attempts=jt.max_attempts,
         priority=priority,
         idempotency_key=spec.idempotency_key or None,
-        run_at=spec.run_at,
+        unique_key=unique_key,
+        run_at=run_at,
     )
 
 
@@ -200,7 +265,8 @@ def _same_request_or_conflict(existing: Job, requested: Job) -> Job:
 def check_room_for(user, specs: Sequence[JobSpec]) -> None:
     """Raise `TooManyActiveJobs` if creating `specs` would take a non-staff user past
     JOBS_USER_MAX_ACTIVE queued and running jobs. Repeats of earlier requests (same
-    idempotency key) create nothing and do not count.
+    idempotency key) and creates that an active unique job answers for make nothing and
+    do not count.
 
     A soft cap: two requests at the same moment may both pass the check.
     """
@@ -211,9 +277,30 @@ def check_room_for(user, specs: Sequence[JobSpec]) -> None:
     if active + len(specs) <= limit:
         return
     keys = [s.idempotency_key for s in specs if s.idempotency_key]
-    new = len(specs) - len(_existing_for_keys(user, keys))
+    repeats = _existing_for_keys(user, keys)
+    new = sum(
+        1
+        for s in specs
+        if s.idempotency_key not in repeats and not _answered_by_a_unique_job(user, s)
+    )
     if new and active + new > limit:
         raise TooManyActiveJobs(limit=limit, active=active, requested=new)
+
+
+def _answered_by_a_unique_job(owner, spec: JobSpec) -> bool:
+    """Whether an active job of a unique type would answer for `spec` (so far as can be
+    told before the create: an invalid payload answers no)."""
+    try:
+        jt = registry.get(spec.type)
+        if jt.unique is None:
+            return False
+        key = jt.unique.key_for(owner.pk, validate_payload(spec.type, spec.payload))
+    except (registry.UnknownJobType, serializers.ValidationError):
+        return False
+    holder = job_store().active_with_key(jt.name, key, owner.pk)
+    if holder is None or holder.cancel_requested:
+        return False
+    return jt.unique.debounce is None or holder.status == Status.QUEUED
 
 
 def active_job_count(owner, *, up_to: int) -> int:
@@ -239,6 +326,11 @@ def retry(job: Job) -> Job:
         retried = job_store().retry([job.id], timezone.now())
         job.refresh_from_db()
         if not retried:
+            holder = job.unique_key and job_store().active_with_key(
+                job.type, job.unique_key, job.owner_id
+            )
+            if job.status in RETRYABLE_STATUSES and holder:
+                raise UniqueKeyHeld(job, holder, "retry")
             raise InvalidTransition(job, "retry")
         transaction.on_commit(lambda: dispatch(retried))
     return job

@@ -31,7 +31,17 @@ from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Exists, F, JSONField, OuterRef, Q, QuerySet
 
-from .models import RETRYABLE_STATUSES, Control, EventKind, Held, Job, JobEvent, Scope, Status
+from .models import (
+    ACTIVE_STATUSES,
+    RETRYABLE_STATUSES,
+    Control,
+    EventKind,
+    Held,
+    Job,
+    JobEvent,
+    Scope,
+    Status,
+)
 
 ENDED_BY = {
     Status.SUCCEEDED: EventKind.SUCCEEDED,
@@ -56,6 +66,26 @@ def _gating_controls() -> QuerySet[Control]:
     return Control.objects.filter(gates=True).filter(
         Q(scope=Scope.TYPE, name=OuterRef("type")) | Q(scope=Scope.QUEUE, name=OuterRef("queue"))
     )
+
+
+def _active_with_same_key() -> QuerySet[Job]:
+    """Queued or running jobs holding the outer job's unique key."""
+    return Job.objects.filter(
+        type=OuterRef("type"), unique_key=OuterRef("unique_key"), status__in=ACTIVE_STATUSES
+    )
+
+
+def _one_per_unique_key(rows: Iterable[tuple[Any, str, str | None]]) -> list[Any]:
+    """The ids of (id, type, unique key) rows, keeping one job per unique key: only one
+    may be active."""
+    ids, keys = [], set()
+    for job_id, type_name, unique_key in rows:
+        if unique_key is not None:
+            if (type_name, unique_key) in keys:
+                continue
+            keys.add((type_name, unique_key))
+        ids.append(job_id)
+    return ids
 
 
 def created_message(job: Job) -> str:
@@ -92,6 +122,35 @@ class JobStore:
             self._add_events(EventKind.CREATED, [(j.id, created_message(j), 0) for j in jobs], now)
             sent = [j for j in jobs if j.dispatched_at]
             self._add_events(EventKind.DISPATCHED, [(j.id, "", 0) for j in sent], now)
+
+    # --- unique jobs (jobs/services.py) ------------------------------------------------
+
+    def active_with_key(self, type_name: str, unique_key: str, owner_id: Any) -> Job | None:
+        """The queued or running job of the type holding `unique_key`, if any."""
+        return Job.objects.filter(
+            type=type_name, unique_key=unique_key, owner_id=owner_id, status__in=ACTIVE_STATUSES
+        ).first()
+
+    def debounce(self, job: Job, payload: dict[str, Any], now: datetime) -> bool:
+        """Replace the payload of `job` with a newer create's while it is still queued,
+        with a `debounced` event. False when it is no longer queued (it started)."""
+        with transaction.atomic():
+            if not Job.objects.filter(id=job.id, status=Status.QUEUED).update(
+                payload=payload, updated_at=now
+            ):
+                return False
+            self._add_event(job, EventKind.DEBOUNCED, now, "Payload replaced by a newer create")
+        job.payload, job.updated_at = payload, now
+        return True
+
+    def give_up_unique_key(self, job: Job) -> bool:
+        """Let a running job's key go, so that a new job with the key may be queued while
+        it runs. False when the job no longer runs with that key."""
+        return bool(
+            Job.objects.filter(id=job.id, status=Status.RUNNING, unique_key=job.unique_key).update(
+                unique_key=None
+            )
+        )
 
     # --- dispatch marks --------------------------------------------------------------
 
@@ -375,13 +434,16 @@ class JobStore:
 
     def retry(self, job_ids: Iterable[Any], now: datetime) -> list[Job]:
         """Put the failed or cancelled jobs among `job_ids` back in the queue with a
-        fresh round of attempts; returns them as they now are."""
+        fresh round of attempts; returns them as they now are. A unique job whose key
+        another queued or running job holds stays as it is."""
         with transaction.atomic():
-            ids = list(
+            rows = (
                 Job.objects.select_for_update()
                 .filter(id__in=list(job_ids), status__in=RETRYABLE_STATUSES)
-                .values_list("id", flat=True)
+                .exclude(Exists(_active_with_same_key()))
+                .values_list("id", "type", "unique_key")
             )
+            ids = _one_per_unique_key(rows)
             Job.objects.filter(id__in=ids, status__in=RETRYABLE_STATUSES).update(
                 status=Status.QUEUED,
                 attempts=0,

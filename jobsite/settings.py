@@ -195,6 +195,9 @@ NOTES_IMAGE_MAX_BYTES = env.int("NOTES_IMAGE_MAX_BYTES", default=5 * 1024 * 1024
 NOTES_IMAGE_MAX_PIXELS = env.int("NOTES_IMAGE_MAX_PIXELS", default=40_000_000)
 NOTES_CLEANUP_BATCH = env.int("NOTES_CLEANUP_BATCH", default=50)
 NOTES_CLEANUP_GRACE_HOURS = env.float("NOTES_CLEANUP_GRACE_HOURS", default=24.0)
+# A burst of saves of one page within this many seconds is written once, with the last
+# save's content (notes.save_page is unique per page, debounced).
+NOTES_SAVE_DEBOUNCE = env.float("NOTES_SAVE_DEBOUNCE", default=2.0)
 # Links in e-mails (a report's download link) start with this.
 SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
 STORAGES = {

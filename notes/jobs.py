@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from rest_framework import serializers
 
-from jobs.engine import JobContext, job_type
+from jobs.engine import JobContext, Unique, job_type
 
 from . import services
 from .models import Image, Page
@@ -31,6 +31,8 @@ class SavePagePayload(serializers.Serializer):
     max_attempts=5,
     backoff_base=1,
     soft_time_limit=60,
+    # A burst of saves of a page is one job, run once with the last save's content.
+    unique=Unique(fields=("page_id",), debounce=settings.NOTES_SAVE_DEBOUNCE),
     description="Apply a page save (in order) and record the images it shows.",
 )
 def save_page(ctx: JobContext) -> dict:

@@ -30,6 +30,12 @@ def run(job: Job | uuid.UUID | str, *, now: datetime | None = None) -> str:
     return runner.execute(_id(job), now=now, type_name=type_name)
 
 
+def run_when_due(job: Job | uuid.UUID | str) -> str:
+    """Run the job at the moment it is due: its `run_at` (a delayed or debounced job),
+    or now."""
+    return run(job, now=Job.objects.get(id=_id(job)).run_at)
+
+
 def run_to_the_end(job: Job | uuid.UUID | str, *, max_runs: int = 10) -> list[str]:
     """Run the job, then each retry at the moment it was scheduled for, until a run
     ends otherwise than with a retry. Returns every run's outcome."""

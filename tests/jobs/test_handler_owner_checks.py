@@ -13,11 +13,11 @@ from jobs.models import Job, Status
 from notes import services as notes_services
 from notes.models import Image, ImageStatus
 from reports.models import Report
-from tests.engine import reloaded, run
+from tests.engine import reloaded, run_when_due
 
 
 def finished(job: Job) -> Job:
-    run(job)
+    run_when_due(job)
     return reloaded(job)
 
 
@@ -41,7 +41,7 @@ def test_a_page_save_owned_by_another_user_fails_and_changes_nothing(user, other
     page.refresh_from_db()
     assert (page.content, page.applied_version) == ("original", 0)
     saved = other_api.request("PATCH", f"/api/notes/pages/{page.id}/", json={"content": "mine"})
-    assert run(saved.json()["job"]["id"]) == "succeeded"
+    assert run_when_due(saved.json()["job"]["id"]) == "succeeded"
     page.refresh_from_db()
     assert (page.content, page.applied_version) == ("mine", 1)
 

@@ -12,7 +12,7 @@ from jobs.models import Job
 from notes import services as notes_services
 from notes.models import Image, ImageStatus, Page
 from reports.models import Report
-from tests.engine import run
+from tests.engine import run_when_due
 
 USER_TYPES = ["system.noop", "system.sleep"]
 STAFF_TYPES = ["email.send", "system.noop", "system.sleep"]
@@ -95,7 +95,7 @@ def test_a_user_cannot_overwrite_another_users_page(api, other_api, other_user):
     assert (page.content, page.applied_version) == ("original", 0)
     saved = other_api.request("PATCH", f"/api/notes/pages/{page.id}/", json={"content": "mine"})
     assert saved.status_code == 202
-    assert run(saved.json()["job"]["id"]) == "succeeded"
+    assert run_when_due(saved.json()["job"]["id"]) == "succeeded"
     page.refresh_from_db()
     assert (page.content, page.applied_version) == ("mine", 1)
 

@@ -1,12 +1,18 @@
 """Pages: created at once, saved by jobs in the order the saves were accepted (on a real
 worker for concurrent saves, in the test process otherwise)."""
 
-import pytest
+from datetime import timedelta
 
+import pytest
+from django.conf import settings
+
+from jobs.context import JobContext
 from jobs.models import Job
+from jobs.store import job_store
 from notes import services
+from notes.jobs import save_page
 from notes.models import Image, ImageStatus, Page
-from tests.engine import run
+from tests.engine import event_kinds, reloaded, run, run_when_due
 from tests.support import run_in_threads
 
 
@@ -41,7 +47,7 @@ def test_an_update_is_a_202_and_the_content_shows_once_its_job_succeeds(api, use
     job = response.json()["job"]
     assert job["type"] == "notes.save_page" and job["queue"] == "pages"
     assert api.get(f"/api/notes/pages/{page['id']}/").json()["content"] == "old"
-    assert run(job["id"]) == "succeeded"
+    assert run_when_due(job["id"]) == "succeeded"
     assert api.get(f"/api/notes/pages/{page['id']}/").json()["content"] == "new"
 
 
@@ -58,14 +64,55 @@ def test_concurrent_saves_end_with_the_last_accepted_one(live_api, user, worker)
     )
 
     assert all(r.status_code == 202 for r in responses)
-    jobs = [r.json()["job"] for r in responses]
-    for job in jobs:
-        api.wait_for_status(job["id"], "succeeded")
-    versions = {Job.objects.get(id=j["id"]).payload["version"]: j for j in jobs}
-    assert sorted(versions) == list(range(1, 13))
-    last = Job.objects.get(id=versions[12]["id"]).payload["content"]
+    job_ids = {r.json()["job"]["id"] for r in responses}
+    for job_id in job_ids:
+        api.wait_for_status(job_id, "succeeded")
+    last = max((Job.objects.get(id=j) for j in job_ids), key=lambda j: j.payload["version"])
     saved = Page.objects.get(id=page["id"])
-    assert (saved.content, saved.applied_version, saved.accepted_version) == (last, 12, 12)
+    assert last.payload["version"] == 12
+    assert (saved.content, saved.applied_version, saved.accepted_version) == (
+        last.payload["content"],
+        12,
+        12,
+    )
+
+
+def test_a_burst_of_saves_is_one_job_that_writes_the_last_content(api, user):
+    page = api.post("/api/notes/pages/", {"title": "Draft", "content": "v0"}).json()
+    url = f"/api/notes/pages/{page['id']}/"
+
+    responses = [api.request("PATCH", url, json={"content": f"draft {i}"}) for i in range(1, 8)]
+
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["job"]["id"] for r in responses}) == 1
+    job = Job.objects.get(type="notes.save_page")
+    assert job.payload == {"page_id": page["id"], "version": 7, "content": "draft 7"}
+    assert event_kinds(job).count("debounced") == 6
+    debounce = timedelta(seconds=settings.NOTES_SAVE_DEBOUNCE)
+    assert abs(job.run_at - (job.created_at + debounce)) < timedelta(seconds=0.5)
+
+    assert run(job, now=job.run_at - timedelta(seconds=1.5)) == "early"
+    assert run(job, now=job.run_at) == "succeeded"
+    saved = Page.objects.get(id=page["id"])
+    assert (saved.content, saved.applied_version, saved.accepted_version) == ("draft 7", 7, 7)
+    assert reloaded(job).result == {"page_id": page["id"], "version": 7, "applied": True}
+
+
+def test_a_save_while_the_pages_job_runs_queues_a_new_one_and_the_last_save_wins(user):
+    page = services.create_page(user, "Plan", "v0")
+    first = services.accept_save(page, "first")
+    assert services.accept_save(page, "second").id == first.id
+    running = job_store().claim(first.id, first.run_at, first.run_at)
+    assert running is not None and running.payload["content"] == "second"
+
+    later = services.accept_save(page, "third")
+    assert services.accept_save(page, "fourth").id == later.id != first.id
+
+    assert run_when_due(later) == "succeeded"
+    # The first run, slower, ends after it: its older save is not applied.
+    assert save_page(JobContext(running)) == {"page_id": page.id, "version": 2, "applied": False}
+    page.refresh_from_db()
+    assert (page.content, page.applied_version) == ("fourth", 4)
 
 
 def test_a_stale_save_never_overwrites_a_newer_one(user):
