@@ -112,10 +112,10 @@ def admit(
         return Refusal.MISSING
     if job.status != Status.QUEUED:
         return Refusal.DUPLICATE
-    if job.run_at and job.run_at > due:
-        return Refusal.EARLY
     if job.expires_at and job.expires_at <= now:
         return Refusal.EXPIRED if job_store().expire(job, now) else Refusal.DUPLICATE
+    if job.run_at and job.run_at > due:
+        return Refusal.EARLY
     jt = registry.get(job.type)
     rules = rules_for(jt, job.queue)
     if not rules.gated:

@@ -1,9 +1,10 @@
 """The one writer of a job's state.
 
 Every status change of a job (created, claimed, progress and heartbeats, finished, a
-retry scheduled, requeued after a stall, a lost process or a hand-back, cancelled, retried
-by hand) and the marks that say its message was sent are written here, each with its
-timeline event in the same statement or transaction. Nothing else writes `Job.status`.
+retry scheduled, snoozed, requeued after a stall, a lost process or a hand-back, expired,
+cancelled, retried by hand) and the marks that say its message was sent are written
+here, each with its timeline event in the same statement or transaction. Nothing else
+writes `Job.status`.
 
 A run holds its job while the row is `running` with `attempts` equal to the attempt the
 run claimed: that is the fence every write of a run goes through (`held`, and `HELD`
@@ -29,7 +30,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Exists, F, JSONField, OuterRef, Q, QuerySet
+from django.db.models import Case, Exists, F, JSONField, OuterRef, Q, QuerySet, Value, When
 
 from .models import RETRYABLE_STATUSES, Control, EventKind, Held, Job, JobEvent, Scope, Status
 
@@ -39,7 +40,7 @@ ENDED_BY = {
     Status.CANCELLED: EventKind.CANCELLED,
 }
 # The fields a job polled for its status shows (GET /api/jobs/<id>/status/).
-STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at"]
+STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at", "expires_at"]
 
 
 def held(job_id: Any, attempt: int) -> QuerySet[Job]:
@@ -56,6 +57,11 @@ def _gating_controls() -> QuerySet[Control]:
     return Control.objects.filter(gates=True).filter(
         Q(scope=Scope.TYPE, name=OuterRef("type")) | Q(scope=Scope.QUEUE, name=OuterRef("queue"))
     )
+
+
+def _expired_message(expires_at: datetime | None) -> str:
+    at = expires_at.isoformat() if expires_at else "its expiry"
+    return f"Not started by {at}"
 
 
 def created_message(job: Job) -> str:
@@ -147,7 +153,7 @@ class JobStore:
                 return None
             job = Job.objects.get(id=job_id)
             self._add_event(
-                job, EventKind.STARTED, now, f"Attempt {job.attempts} of {job.max_attempts}"
+                job, EventKind.STARTED, now, f"Attempt {job.attempts_used} of {job.max_attempts}"
             )
         return job
 
@@ -248,6 +254,30 @@ class JobStore:
             self._add_event(
                 job, EventKind.RETRY_SCHEDULED, now, f"{error[:400]} — retry in {delay:g}s"
             )
+        return True
+
+    def snooze(
+        self, job: Job, now: datetime, *, run_at: datetime, reason: str, delay: float
+    ) -> bool:
+        """Put the held run's job back in the queue to run again at `run_at`, as its
+        handler asked, without counting the run against its attempts. The claim counted
+        it in `attempts`, the fence, which stays: the next run's claim moves the fence
+        on, so nothing of this run can write to the next one. False when the run no
+        longer holds the job."""
+        message = f"Snoozed for {delay:g}s" + (f": {reason}" if reason else "")
+        with transaction.atomic():
+            if not held(job.id, job.attempts).update(
+                status=Status.QUEUED,
+                snoozes=F("snoozes") + 1,
+                run_at=run_at,
+                dispatched_at=None,
+                heartbeat_at=None,
+                message=message[:255],
+                updated_at=now,
+            ):
+                return False
+            self._add_event(job, EventKind.SNOOZED, now, message)
+        job.snoozes += 1
         return True
 
     # --- requeue after a loss ----------------------------------------------------------
@@ -355,6 +385,47 @@ class JobStore:
             self._add_events(EventKind.RELEASED, events, now)
         return list(Job.objects.filter(id__in=ids))
 
+    # --- expiry ----------------------------------------------------------------------
+
+    def expire(self, job: Job, now: datetime) -> bool:
+        """End a queued job whose expiry passed before it could start. False when it is
+        no longer queued or its expiry has not passed."""
+        with transaction.atomic():
+            if not Job.objects.filter(id=job.id, status=Status.QUEUED, expires_at__lte=now).update(
+                status=Status.EXPIRED,
+                held=Held.NO,
+                finished_at=now,
+                updated_at=now,
+                message="Expired before it could start",
+            ):
+                return False
+            self._add_event(job, EventKind.EXPIRED, now, _expired_message(job.expires_at))
+        job.status, job.finished_at = Status.EXPIRED, now
+        return True
+
+    def expire_overdue(self, now: datetime, limit: int) -> int:
+        """Expire up to `limit` queued jobs whose expiry has passed, the most overdue
+        first; returns how many."""
+        with transaction.atomic():
+            rows = list(
+                Job.objects.select_for_update()
+                .filter(status=Status.QUEUED, expires_at__lte=now)
+                .order_by("expires_at")
+                .values_list("id", "attempts", "expires_at")[:limit]
+            )
+            if not rows:
+                return 0
+            Job.objects.filter(id__in=[job_id for job_id, _, _ in rows]).update(
+                status=Status.EXPIRED,
+                held=Held.NO,
+                finished_at=now,
+                updated_at=now,
+                message="Expired before it could start",
+            )
+            events = [(job_id, _expired_message(at), attempt) for job_id, attempt, at in rows]
+            self._add_events(EventKind.EXPIRED, events, now)
+        return len(rows)
+
     # --- operators ---------------------------------------------------------------------
 
     def cancel(self, job: Job, now: datetime) -> None:
@@ -374,8 +445,9 @@ class JobStore:
                 self._add_event(job, EventKind.CANCEL_REQUESTED, now)
 
     def retry(self, job_ids: Iterable[Any], now: datetime) -> list[Job]:
-        """Put the failed or cancelled jobs among `job_ids` back in the queue with a
-        fresh round of attempts; returns them as they now are."""
+        """Put the failed, cancelled or expired jobs among `job_ids` back in the queue
+        with a fresh round of attempts; returns them as they now are. An expiry that has
+        passed (or expired the job) is dropped: retrying the job asks for it to run."""
         with transaction.atomic():
             ids = list(
                 Job.objects.select_for_update()
@@ -385,7 +457,12 @@ class JobStore:
             Job.objects.filter(id__in=ids, status__in=RETRYABLE_STATUSES).update(
                 status=Status.QUEUED,
                 attempts=0,
+                snoozes=0,
                 stalled_count=0,
+                expires_at=Case(
+                    When(Q(status=Status.EXPIRED) | Q(expires_at__lte=now), then=Value(None)),
+                    default=F("expires_at"),
+                ),
                 cancel_requested=False,
                 error="",
                 result=None,
@@ -481,7 +558,8 @@ WITH {_TARGET}, claimed AS (
     RETURNING {_JOB_COLUMNS}
 ), started AS (
     {ADD_EVENT}
-    SELECT id, 'started', 'Attempt ' || attempts || ' of ' || max_attempts, attempts, %(now)s
+    SELECT id, 'started', 'Attempt ' || (attempts - snoozes) || ' of ' || max_attempts,
+        attempts, %(now)s
     FROM claimed
 )
 SELECT {_COLUMNS} FROM claimed
