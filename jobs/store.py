@@ -403,28 +403,27 @@ class JobStore:
         job.status, job.finished_at = Status.EXPIRED, now
         return True
 
-    def expire_overdue(self, now: datetime, limit: int) -> int:
+    def expire_overdue(self, now: datetime, limit: int) -> list[Job]:
         """Expire up to `limit` queued jobs whose expiry has passed, the most overdue
-        first; returns how many."""
+        first; returns them as they were (still showing what held them)."""
         with transaction.atomic():
-            rows = list(
+            jobs = list(
                 Job.objects.select_for_update()
                 .filter(status=Status.QUEUED, expires_at__lte=now)
-                .order_by("expires_at")
-                .values_list("id", "attempts", "expires_at")[:limit]
+                .order_by("expires_at")[:limit]
             )
-            if not rows:
-                return 0
-            Job.objects.filter(id__in=[job_id for job_id, _, _ in rows]).update(
+            if not jobs:
+                return []
+            Job.objects.filter(id__in=[job.id for job in jobs]).update(
                 status=Status.EXPIRED,
                 held=Held.NO,
                 finished_at=now,
                 updated_at=now,
                 message="Expired before it could start",
             )
-            events = [(job_id, _expired_message(at), attempt) for job_id, attempt, at in rows]
+            events = [(j.id, _expired_message(j.expires_at), j.attempts) for j in jobs]
             self._add_events(EventKind.EXPIRED, events, now)
-        return len(rows)
+        return jobs
 
     # --- operators ---------------------------------------------------------------------
 

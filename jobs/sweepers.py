@@ -69,9 +69,10 @@ def expire_overdue(now: datetime | None = None) -> int:
     ones too, JOBS_SWEEP_BATCH per sweep: they end even when no message of theirs
     arrives. Returns how many."""
     expired = job_store().expire_overdue(now or timezone.now(), settings.JOBS_SWEEP_BATCH)
+    limits.forget_reserved_starts(expired)
     if expired:
-        log.info("Expired %d job(s) not started before their expiry", expired)
-    return expired
+        log.info("Expired %d job(s) not started before their expiry", len(expired))
+    return len(expired)
 
 
 def recover_stalled(now: datetime | None = None) -> int:

@@ -265,6 +265,28 @@ def test_the_sweeper_expires_overdue_queued_jobs_a_batch_at_a_time(settings, sta
     assert event_kinds(overdue[0])[-1] == "expired"
 
 
+@pytest.mark.parametrize("ended_by", ["sweeper", "its message"])
+def test_a_job_that_expires_waiting_for_its_rate_limit_turn_gives_the_turn_back(ended_by):
+    now = timezone.now().replace(microsecond=0)
+    with job_type(lambda ctx: "done", limits=Limits(rate=1, period=60)) as jt:
+        assert run(services.enqueue(jt.name).job, now=now) == "succeeded"
+        waiting = services.enqueue(jt.name, expires_at=later(now, 30)).job
+        assert run(waiting, now=now) == "held"
+        assert reloaded(waiting).run_at == later(now, 60)  # its reserved turn
+
+        if ended_by == "sweeper":
+            assert sweepers.expire_overdue(later(now, 31)) == 1
+        else:
+            # A message before its turn, after its expiry: it expires, not "early".
+            assert run(waiting, now=later(now, 30)) == "expired"
+        assert reloaded(waiting).status == "expired"
+
+        # The next job takes the turn the expired one left, not the one after it.
+        behind = services.enqueue(jt.name).job
+        assert run(behind, now=later(now, 31)) == "held"
+        assert reloaded(behind).run_at == later(now, 60)
+
+
 def test_every_sweep_expires_what_is_overdue():
     with job_type(lambda ctx: "done") as jt:
         job = services.enqueue(jt.name, expires_at=later(timezone.now(), 60)).job
