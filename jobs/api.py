@@ -72,12 +72,15 @@ class JobFieldsSerializer(serializers.ModelSerializer):
             "error",
             "attempts",
             "max_attempts",
+            "snoozes",
+            "time_limit",
             "priority",
             "queue",
             "idempotency_key",
             "owner",
             "cancel_requested",
             "run_at",
+            "expires_at",
             "dispatched_at",
             "started_at",
             "finished_at",
@@ -123,6 +126,7 @@ class JobStatusSerializer(serializers.Serializer):
     progress = serializers.IntegerField()
     message = serializers.CharField()
     updated_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
 
 
 # One instance of each response serializer, its fields built once: building them for
@@ -146,6 +150,26 @@ class JobCreateSerializer(serializers.Serializer):
     idempotency_key = serializers.CharField(max_length=255, required=False, allow_null=True)
     priority = serializers.ChoiceField(choices=PRIORITY_NAMES, default="normal")
     run_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Not started by then, the job ends as expired. Not with expires_in.",
+    )
+    expires_in = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        max_value=settings.JOBS_MAX_SCHEDULE_AHEAD,
+        help_text="Seconds from now: expires_at given relatively. Not with expires_at.",
+        write_only=True,
+    )
+    max_attempts = serializers.IntegerField(
+        required=False, allow_null=True, help_text="From 1 to the type's max_attempts."
+    )
+    time_limit = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Seconds a run may take, from 1 to the type's soft_time_limit.",
+    )
 
     @property
     def user(self):
@@ -184,22 +208,44 @@ class JobCreateSerializer(serializers.Serializer):
             )
         return value
 
+    def validate_expires_in(self, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise serializers.ValidationError("Must be more than 0 seconds.")
+        return value
+
     def validate(self, attrs: dict) -> dict:
+        jt = registry.get(attrs["type"])
         payload = attrs["payload"]
         if isinstance(payload, dict):  # else enqueueing names it
-            refused = registry.get(attrs["type"]).payload_refusals(self.user, payload)
+            refused = jt.payload_refusals(self.user, payload)
             if refused:
                 raise serializers.ValidationError({"payload": refused})
+        now = timezone.now()
+        expires_in = attrs.pop("expires_in", None)
+        if expires_in is not None:
+            if attrs.get("expires_at") is not None:
+                raise serializers.ValidationError(
+                    {"expires_in": ["Give expires_at or expires_in, not both."]}
+                )
+            attrs["expires_at"] = now + timedelta(seconds=expires_in)
+        if errors := services.override_errors(jt, self._spec(attrs), now):
+            raise serializers.ValidationError(errors)
         return attrs
 
     def to_spec(self) -> services.JobSpec:
-        data = self.validated_data
+        return self._spec(self.validated_data)
+
+    @staticmethod
+    def _spec(data: dict) -> services.JobSpec:
         return services.JobSpec(
             type=data["type"],
             payload=data["payload"],
             idempotency_key=data.get("idempotency_key"),
             priority=data["priority"],
             run_at=data.get("run_at"),
+            expires_at=data.get("expires_at"),
+            max_attempts=data.get("max_attempts"),
+            time_limit=data.get("time_limit"),
         )
 
 
@@ -341,6 +387,9 @@ class JobViewSet(viewsets.GenericViewSet):
                 idempotency_key=spec.idempotency_key,
                 priority=spec.priority,
                 run_at=spec.run_at,
+                expires_at=spec.expires_at,
+                max_attempts=spec.max_attempts,
+                time_limit=spec.time_limit,
             )
         except IdempotencyConflict as exc:
             return _job_conflict(exc, "idempotency_conflict")

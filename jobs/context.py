@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .errors import JobCancelled, JobLost, PermanentError
+from .errors import JobCancelled, JobLost, JobSnoozed, PermanentError
 from .models import Job, JobEffect
 from .outages import while_database_unavailable
 from .store import job_store
@@ -28,7 +29,20 @@ class JobContext:
 
     @property
     def attempt(self) -> int:
-        return self.job.attempts
+        """This run's attempt number: runs that snoozed do not count."""
+        return self.job.attempts_used
+
+    def snooze(self, seconds: float, reason: str = "") -> None:
+        """Stop here and run the job again in `seconds` (0 < seconds <= JOBS_SNOOZE_MAX),
+        without counting this run as a failed attempt: for "try again later" answers
+        such as a provider's Retry-After. A job snoozes at most JOBS_MAX_SNOOZES times
+        per round of attempts; the next snooze fails it."""
+        if not 0 < seconds <= settings.JOBS_SNOOZE_MAX:
+            raise ValueError(
+                f"Snooze for more than 0 and at most {settings.JOBS_SNOOZE_MAX:g} seconds, "
+                f"not {seconds!r}."
+            )
+        raise JobSnoozed(float(seconds), reason)
 
     def check_owner(self, owner_id: int, what: str) -> None:
         """Stop, failing at once, if the job has an owner and `what` (an object the

@@ -5,6 +5,16 @@ class PermanentError(Exception):
     """
 
 
+class JobSnoozed(Exception):
+    """Raised by `JobContext.snooze`: the run ends and the job runs again in `delay`
+    seconds, the run not counting as a failed attempt."""
+
+    def __init__(self, delay: float, reason: str = ""):
+        super().__init__(reason or f"Snoozed for {delay:g}s")
+        self.delay = delay
+        self.reason = reason
+
+
 class JobCancelled(Exception):
     """Raised at a progress checkpoint when the job's cancellation was requested."""
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -112,10 +113,13 @@ def admit(
         return Refusal.MISSING
     if job.status != Status.QUEUED:
         return Refusal.DUPLICATE
+    if job.expires_at and job.expires_at <= now:
+        if not job_store().expire(job, now):
+            return Refusal.DUPLICATE
+        forget_reserved_starts([job])
+        return Refusal.EXPIRED
     if job.run_at and job.run_at > due:
         return Refusal.EARLY
-    if job.expires_at and job.expires_at <= now:
-        return Refusal.EXPIRED if job_store().expire(job, now) else Refusal.DUPLICATE
     jt = registry.get(job.type)
     rules = rules_for(jt, job.queue)
     if not rules.gated:
@@ -249,6 +253,21 @@ def _cancel_reservation(job: Job, rules: Rules) -> None:
         if reserved_for in state.reserved:
             state.reserved.remove(reserved_for)
             state.save(update_fields=["reserved"])
+
+
+def forget_reserved_starts(jobs: Iterable[Job]) -> None:
+    """Give back the starts that jobs waiting for their rate-limit turn had reserved and
+    will not use (they expired), so the jobs behind them are not held back for nothing."""
+    for job in jobs:
+        if job.held != Held.RATE or job.run_at is None:
+            continue
+        try:
+            jt = registry.get(job.type)
+        except registry.UnknownJobType:
+            continue
+        with transaction.atomic():
+            _lock(_type_key(jt.name))
+            _cancel_reservation(job, rules_for(jt, job.queue))
 
 
 def _count_since(times: list[int], after: int) -> int:

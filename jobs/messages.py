@@ -130,8 +130,11 @@ def broker_priority(priority: int) -> int:
     return priority
 
 
-def message_for(type_name: str, job_id: str, eta: datetime | None = None) -> task_message:
-    """The message that runs job `job_id` of type `type_name` (at `eta`, if given)."""
+def message_for(
+    type_name: str, job_id: str, eta: datetime | None = None, time_limit: int | None = None
+) -> task_message:
+    """The message that runs job `job_id` of type `type_name` (at `eta`, if given), with
+    the job's own soft `time_limit` in seconds instead of its type's, if given."""
     template = _template(type_name)
     task_id = str(uuid.uuid4())
     headers = {
@@ -141,6 +144,10 @@ def message_for(type_name: str, job_id: str, eta: datetime | None = None) -> tas
         "argsrepr": repr([job_id]),
         "eta": eta.isoformat() if eta else None,
     }
+    if time_limit:
+        # The worker's time limits for this message (hard, soft), as apply_async's
+        # time_limit and soft_time_limit options send them.
+        headers["timelimit"] = [registry.hard_time_limit(time_limit), time_limit]
     return task_message(
         headers=headers,
         properties={**template.properties, "correlation_id": task_id},
@@ -150,7 +157,7 @@ def message_for(type_name: str, job_id: str, eta: datetime | None = None) -> tas
 
 
 def _send(producer, job: Job, eta: datetime | None) -> None:
-    message = message_for(job.type, str(job.id), eta)
+    message = message_for(job.type, str(job.id), eta, job.time_limit)
     priority = broker_priority(job.priority)
     if not _uses_default_exchange(job.queue):
         app.amqp.send_task_message(

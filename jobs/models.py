@@ -72,6 +72,9 @@ class Job(models.Model):
     message = models.CharField(max_length=255, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
+    # Runs that ended in a snooze (the handler asked to run again later): each claim
+    # still counts in `attempts`, the fence of a run, but these are given back.
+    snoozes = models.PositiveIntegerField(default=0)
     stalled_count = models.PositiveIntegerField(default=0)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     queue = models.CharField(max_length=64, default="default")
@@ -188,6 +191,11 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def attempts_used(self) -> int:
+        """The attempts counted against `max_attempts`: runs that did not snooze."""
+        return self.attempts - self.snoozes
 
     @property
     def priority_name(self) -> str:

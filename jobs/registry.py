@@ -154,7 +154,7 @@ class JobType:
     def time_limit(self) -> int:
         """The hard limit: the worker kills a run this long after it started, the soft
         limit having asked it to stop 30 s earlier."""
-        return self.soft_time_limit + 30
+        return hard_time_limit(self.soft_time_limit)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number `attempt`."""
@@ -170,6 +170,11 @@ class JobType:
             for name, f in self.serializer().fields.items()
             if staff_fields or name not in self.staff_fields
         }
+
+
+def hard_time_limit(soft_time_limit: int) -> int:
+    """The hard limit that goes with a soft one: 30 s for the run to stop by itself."""
+    return soft_time_limit + 30
 
 
 class UnknownJobType(KeyError):

@@ -14,8 +14,8 @@ PURGE_BATCH = 1000
 
 def purge_finished(now: datetime | None = None) -> dict[str, int]:
     """Delete finished jobs past their type's retention: older than its age limit, or
-    beyond the newest N. Cancelled jobs follow the failed policy. Returns deletions per
-    type; events and effect reservations go with their job."""
+    beyond the newest N. Cancelled and expired jobs follow the failed policy. Returns
+    deletions per type; events and effect reservations go with their job."""
     now = now or timezone.now()
     deleted: dict[str, int] = {}
     for job_type in registry.all_types():
@@ -25,7 +25,7 @@ def purge_finished(now: datetime | None = None) -> dict[str, int]:
         )
         count += _purge(
             job_type.name,
-            [Status.FAILED, Status.CANCELLED],
+            [Status.FAILED, Status.CANCELLED, Status.EXPIRED],
             now - policy.failed_for,
             policy.failed_max,
         )

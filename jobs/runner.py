@@ -15,7 +15,7 @@ from django.utils import timezone
 from . import job_heartbeats, limits, registry
 from .context import JobContext
 from .dispatch import dispatch
-from .errors import JobCancelled, JobLost, PermanentError
+from .errors import JobCancelled, JobLost, JobSnoozed, PermanentError
 from .limits import Refusal
 from .logging import job_log_context
 from .models import Job, Status
@@ -35,6 +35,7 @@ class Outcome(StrEnum):
     FAILED = Status.FAILED.value
     CANCELLED = Status.CANCELLED.value
     RETRY = "retry"  # failed, to run again later
+    SNOOZED = "snoozed"  # its handler asked to run again later, not as a failure
     LOST = "lost"  # the run no longer held the job (recovered elsewhere): nothing written
     EARLY = Refusal.EARLY.value  # arrived before the job's time: sent again for then
     DUPLICATE = Refusal.DUPLICATE.value  # not queued: another message ran or will run it
@@ -67,6 +68,8 @@ def execute(job_id: str, *, now: datetime | None = None, type_name: str | None =
         except JobLost:
             log.warning("Job was recovered elsewhere while running here; stopping")
             return Outcome.LOST
+        except JobSnoozed as snoozed:
+            outcome = _snooze(job, snoozed, now)
         except PermanentError as exc:
             outcome = _finish(job, Status.FAILED, error=str(exc) or type(exc).__name__)
         except Exception as exc:
@@ -177,13 +180,21 @@ def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fie
     return Outcome(status)
 
 
+def retried(jt: registry.JobType, exc: BaseException) -> bool:
+    """Whether the type retries `exc`: one of its `retry_on`, none of its `fail_on`."""
+    return isinstance(exc, jt.retry_on) and not isinstance(exc, jt.fail_on)
+
+
 def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception, now: datetime | None) -> Outcome:
     error = f"{type(exc).__name__}: {exc}"
-    if job.attempts >= job.max_attempts:
-        log.error("Job failed after %d attempts: %s", job.attempts, error)
-        detail = "".join(traceback.format_exception(exc, limit=20))
+    detail = "".join(traceback.format_exception(exc, limit=20))
+    if not retried(jt, exc):
+        log.error("Job failed with an error its type does not retry: %s", error)
         return _finish(job, Status.FAILED, error=f"{error}\n\n{detail}")
-    delay = jt.backoff(job.attempts)
+    if job.attempts_used >= job.max_attempts:
+        log.error("Job failed after %d attempts: %s", job.attempts_used, error)
+        return _finish(job, Status.FAILED, error=f"{error}\n\n{detail}")
+    delay = jt.backoff(job.attempts_used)
     now = now or timezone.now()
     run_at = now + timedelta(seconds=delay)
     rescheduled = while_database_unavailable(
@@ -192,8 +203,39 @@ def _fail_or_retry(job: Job, jt: registry.JobType, exc: Exception, now: datetime
     )
     if not rescheduled:
         return Outcome.LOST
-    log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts, delay, error)
-    if delay <= settings.JOBS_BROKER_DELAY_MAX:
+    log.warning("Job attempt %d failed, retrying in %gs: %s", job.attempts_used, delay, error)
+    _send_when_near(job, run_at, now)
+    return Outcome.RETRY
+
+
+def _snooze(job: Job, snoozed: JobSnoozed, now: datetime | None) -> Outcome:
+    """Queue the job again for when its handler asked, unless it has snoozed
+    JOBS_MAX_SNOOZES times already: then it fails."""
+    if job.snoozes >= settings.JOBS_MAX_SNOOZES:
+        error = (
+            f"Snoozed {job.snoozes} times, the most a job may (JOBS_MAX_SNOOZES); "
+            f"asked again: {snoozed}"
+        )
+        log.error("Job failed: %s", error)
+        return _finish(job, Status.FAILED, error=error)
+    now = now or timezone.now()
+    run_at = now + timedelta(seconds=snoozed.delay)
+    queued = while_database_unavailable(
+        lambda: job_store().snooze(
+            job, now, run_at=run_at, reason=snoozed.reason, delay=snoozed.delay
+        ),
+        f"snoozing job {job.id}",
+    )
+    if not queued:
+        return Outcome.LOST
+    log.info("Job snoozed for %gs: %s", snoozed.delay, snoozed.reason)
+    _send_when_near(job, run_at, now)
+    return Outcome.SNOOZED
+
+
+def _send_when_near(job: Job, run_at: datetime, now: datetime) -> None:
+    """Send the requeued job's message with its ETA; one due later than
+    JOBS_BROKER_DELAY_MAX waits in the database for the dispatch sweeper."""
+    if run_at - now <= timedelta(seconds=settings.JOBS_BROKER_DELAY_MAX):
         job.status, job.run_at = Status.QUEUED, run_at
         dispatch([job], now=now)
-    return Outcome.RETRY

@@ -38,6 +38,12 @@ class JobSpec:
     idempotency_key: str | None = None
     priority: str = "normal"
     run_at: datetime | None = None
+    # Not started by then, it ends as expired.
+    expires_at: datetime | None = None
+    # Overrides within the type's bounds: at most its max_attempts, and a soft time
+    # limit in seconds of at most its soft_time_limit.
+    max_attempts: int | None = None
+    time_limit: int | None = None
 
 
 # --- creating jobs -------------------------------------------------------------------
@@ -67,6 +73,9 @@ def enqueue(
     idempotency_key: str | None = None,
     priority: str = "normal",
     run_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    max_attempts: int | None = None,
+    time_limit: int | None = None,
 ) -> Enqueued:
     """Create a job and send it to its queue once the surrounding transaction commits.
 
@@ -74,8 +83,13 @@ def enqueue(
     (created=False) and a repeat with other data raises `IdempotencyConflict`. For a
     type that declares `unique`, a create while a job with the same key is active
     returns that job (created=False), its payload replaced when the type debounces.
+    A job with `expires_at` that has not started by then ends as expired;
+    `max_attempts` and `time_limit` (seconds) override the type's within its bounds
+    (`override_errors`).
     """
-    spec = JobSpec(type_name, payload, idempotency_key, priority, run_at)
+    spec = JobSpec(
+        type_name, payload, idempotency_key, priority, run_at, expires_at, max_attempts, time_limit
+    )
     job = _build_job(spec, validate_payload(type_name, payload), owner)
     mark_new([job], timezone.now())
     if not idempotency_key and not job.unique_key:
@@ -219,6 +233,8 @@ def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
         raise serializers.ValidationError(
             {"priority": [f"Must be one of: {', '.join(p.label for p in Priority)}."]}
         ) from None
+    if errors := override_errors(jt, spec, timezone.now()):
+        raise serializers.ValidationError(errors)
     unique_key, run_at = None, spec.run_at
     if jt.unique is not None:
         unique_key = jt.unique.key_for(owner.pk if owner is not None else None, payload)
@@ -232,12 +248,34 @@ def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
         owner=owner,
         payload=payload,
         queue=jt.queue,
-        max_attempts=jt.max_attempts,
+        max_attempts=spec.max_attempts or jt.max_attempts,
+        time_limit=spec.time_limit,
         priority=priority,
         idempotency_key=spec.idempotency_key or None,
         unique_key=unique_key,
         run_at=run_at,
+        expires_at=spec.expires_at,
     )
+
+
+def override_errors(jt: registry.JobType, spec: JobSpec, now: datetime) -> dict[str, list[str]]:
+    """What is wrong with the spec's expiry and overrides of the type's attempts and
+    time limit, by field; empty when nothing is."""
+    errors = {}
+    if spec.max_attempts is not None and not 1 <= spec.max_attempts <= jt.max_attempts:
+        errors["max_attempts"] = [
+            f"Must be between 1 and {jt.max_attempts}, the most {jt.name} allows."
+        ]
+    if spec.time_limit is not None and not 1 <= spec.time_limit <= jt.soft_time_limit:
+        errors["time_limit"] = [
+            f"Must be between 1 and {jt.soft_time_limit} seconds, the most {jt.name} allows."
+        ]
+    if spec.expires_at is not None:
+        if spec.expires_at <= now:
+            errors["expires_at"] = ["Must be in the future."]
+        elif spec.run_at is not None and spec.expires_at <= spec.run_at:
+            errors["expires_at"] = ["Must be after run_at: the job could never start."]
+    return errors
 
 
 def _key_filter(owner) -> Q:

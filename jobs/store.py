@@ -1,9 +1,10 @@
 """The one writer of a job's state.
 
 Every status change of a job (created, claimed, progress and heartbeats, finished, a
-retry scheduled, requeued after a stall, a lost process or a hand-back, cancelled, retried
-by hand) and the marks that say its message was sent are written here, each with its
-timeline event in the same statement or transaction. Nothing else writes `Job.status`.
+retry scheduled, snoozed, requeued after a stall, a lost process or a hand-back, expired,
+cancelled, retried by hand) and the marks that say its message was sent are written
+here, each with its timeline event in the same statement or transaction. Nothing else
+writes `Job.status`.
 
 A run holds its job while the row is `running` with `attempts` equal to the attempt the
 run claimed: that is the fence every write of a run goes through (`held`, and `HELD`
@@ -29,7 +30,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Exists, F, JSONField, OuterRef, Q, QuerySet
+from django.db.models import Case, Exists, F, JSONField, OuterRef, Q, QuerySet, Value, When
 
 from .models import (
     ACTIVE_STATUSES,
@@ -49,7 +50,7 @@ ENDED_BY = {
     Status.CANCELLED: EventKind.CANCELLED,
 }
 # The fields a job polled for its status shows (GET /api/jobs/<id>/status/).
-STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at"]
+STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at", "expires_at"]
 
 
 def held(job_id: Any, attempt: int) -> QuerySet[Job]:
@@ -86,6 +87,11 @@ def _one_per_unique_key(rows: Iterable[tuple[Any, str, str | None]]) -> list[Any
             keys.add((type_name, unique_key))
         ids.append(job_id)
     return ids
+
+
+def _expired_message(expires_at: datetime | None) -> str:
+    at = expires_at.isoformat() if expires_at else "its expiry"
+    return f"Not started by {at}"
 
 
 def created_message(job: Job) -> str:
@@ -206,7 +212,7 @@ class JobStore:
                 return None
             job = Job.objects.get(id=job_id)
             self._add_event(
-                job, EventKind.STARTED, now, f"Attempt {job.attempts} of {job.max_attempts}"
+                job, EventKind.STARTED, now, f"Attempt {job.attempts_used} of {job.max_attempts}"
             )
         return job
 
@@ -307,6 +313,30 @@ class JobStore:
             self._add_event(
                 job, EventKind.RETRY_SCHEDULED, now, f"{error[:400]} — retry in {delay:g}s"
             )
+        return True
+
+    def snooze(
+        self, job: Job, now: datetime, *, run_at: datetime, reason: str, delay: float
+    ) -> bool:
+        """Put the held run's job back in the queue to run again at `run_at`, as its
+        handler asked, without counting the run against its attempts. The claim counted
+        it in `attempts`, the fence, which stays: the next run's claim moves the fence
+        on, so nothing of this run can write to the next one. False when the run no
+        longer holds the job."""
+        message = f"Snoozed for {delay:g}s" + (f": {reason}" if reason else "")
+        with transaction.atomic():
+            if not held(job.id, job.attempts).update(
+                status=Status.QUEUED,
+                snoozes=F("snoozes") + 1,
+                run_at=run_at,
+                dispatched_at=None,
+                heartbeat_at=None,
+                message=message[:255],
+                updated_at=now,
+            ):
+                return False
+            self._add_event(job, EventKind.SNOOZED, now, message)
+        job.snoozes += 1
         return True
 
     # --- requeue after a loss ----------------------------------------------------------
@@ -414,6 +444,46 @@ class JobStore:
             self._add_events(EventKind.RELEASED, events, now)
         return list(Job.objects.filter(id__in=ids))
 
+    # --- expiry ----------------------------------------------------------------------
+
+    def expire(self, job: Job, now: datetime) -> bool:
+        """End a queued job whose expiry passed before it could start. False when it is
+        no longer queued or its expiry has not passed."""
+        with transaction.atomic():
+            if not Job.objects.filter(id=job.id, status=Status.QUEUED, expires_at__lte=now).update(
+                status=Status.EXPIRED,
+                held=Held.NO,
+                finished_at=now,
+                updated_at=now,
+                message="Expired before it could start",
+            ):
+                return False
+            self._add_event(job, EventKind.EXPIRED, now, _expired_message(job.expires_at))
+        job.status, job.finished_at = Status.EXPIRED, now
+        return True
+
+    def expire_overdue(self, now: datetime, limit: int) -> list[Job]:
+        """Expire up to `limit` queued jobs whose expiry has passed, the most overdue
+        first; returns them as they were (still showing what held them)."""
+        with transaction.atomic():
+            jobs = list(
+                Job.objects.select_for_update()
+                .filter(status=Status.QUEUED, expires_at__lte=now)
+                .order_by("expires_at")[:limit]
+            )
+            if not jobs:
+                return []
+            Job.objects.filter(id__in=[job.id for job in jobs]).update(
+                status=Status.EXPIRED,
+                held=Held.NO,
+                finished_at=now,
+                updated_at=now,
+                message="Expired before it could start",
+            )
+            events = [(j.id, _expired_message(j.expires_at), j.attempts) for j in jobs]
+            self._add_events(EventKind.EXPIRED, events, now)
+        return jobs
+
     # --- operators ---------------------------------------------------------------------
 
     def cancel(self, job: Job, now: datetime) -> None:
@@ -433,9 +503,10 @@ class JobStore:
                 self._add_event(job, EventKind.CANCEL_REQUESTED, now)
 
     def retry(self, job_ids: Iterable[Any], now: datetime) -> list[Job]:
-        """Put the failed or cancelled jobs among `job_ids` back in the queue with a
-        fresh round of attempts; returns them as they now are. A unique job whose key
-        another queued or running job holds stays as it is."""
+        """Put the failed, cancelled or expired jobs among `job_ids` back in the queue
+        with a fresh round of attempts; returns them as they now are. An expiry that has
+        passed (or expired the job) is dropped: retrying the job asks for it to run. A
+        unique job whose key another queued or running job holds stays as it is."""
         with transaction.atomic():
             rows = (
                 Job.objects.select_for_update()
@@ -447,7 +518,12 @@ class JobStore:
             Job.objects.filter(id__in=ids, status__in=RETRYABLE_STATUSES).update(
                 status=Status.QUEUED,
                 attempts=0,
+                snoozes=0,
                 stalled_count=0,
+                expires_at=Case(
+                    When(Q(status=Status.EXPIRED) | Q(expires_at__lte=now), then=Value(None)),
+                    default=F("expires_at"),
+                ),
                 cancel_requested=False,
                 error="",
                 result=None,
@@ -543,7 +619,8 @@ WITH {_TARGET}, claimed AS (
     RETURNING {_JOB_COLUMNS}
 ), started AS (
     {ADD_EVENT}
-    SELECT id, 'started', 'Attempt ' || attempts || ' of ' || max_attempts, attempts, %(now)s
+    SELECT id, 'started', 'Attempt ' || (attempts - snoozes) || ' of ' || max_attempts,
+        attempts, %(now)s
     FROM claimed
 )
 SELECT {_COLUMNS} FROM claimed

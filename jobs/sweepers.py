@@ -35,6 +35,7 @@ def sweep() -> dict[str, int]:
         "resent": resent,
         "restored": restored,
         "recovered": recover_stalled(),
+        "expired": expire_overdue(),
         "released": limits.release_held(),
         "dispatched": dispatch_due(),
     }
@@ -61,6 +62,17 @@ def dispatch_due(now: datetime | None = None) -> int:
         .order_by("-priority", "created_at")[: settings.JOBS_SWEEP_BATCH]
     )
     return dispatch(due, now=now)
+
+
+def expire_overdue(now: datetime | None = None) -> int:
+    """End as expired the queued jobs whose expiry passed before they started, held
+    ones too, JOBS_SWEEP_BATCH per sweep: they end even when no message of theirs
+    arrives. Returns how many."""
+    expired = job_store().expire_overdue(now or timezone.now(), settings.JOBS_SWEEP_BATCH)
+    limits.forget_reserved_starts(expired)
+    if expired:
+        log.info("Expired %d job(s) not started before their expiry", len(expired))
+    return len(expired)
 
 
 def recover_stalled(now: datetime | None = None) -> int:

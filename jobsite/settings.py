@@ -410,6 +410,10 @@ JOBS_BROKER_DELAY_MAX = env.float("JOBS_BROKER_DELAY_MAX", default=60.0)
 JOBS_PUBLISH_TIMEOUT = env.float("JOBS_PUBLISH_TIMEOUT", default=0.4)
 JOBS_PUBLISH_BREAKER_SECONDS = env.float("JOBS_PUBLISH_BREAKER_SECONDS", default=2.0)
 JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
+# A handler's `ctx.snooze(seconds)`: the longest delay it may ask for, and how many times
+# a job may snooze per round of attempts before it fails (so a handler cannot loop forever).
+JOBS_SNOOZE_MAX = env.float("JOBS_SNOOZE_MAX", default=24 * 3600.0)
+JOBS_MAX_SNOOZES = env.int("JOBS_MAX_SNOOZES", default=100)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 # Limits on jobs created through the API by non-staff users (see jobs/api.py):
 # queued + running jobs per user (0: no cap), and the longest system.sleep.

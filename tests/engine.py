@@ -37,13 +37,13 @@ def run_when_due(job: Job | uuid.UUID | str) -> str:
 
 
 def run_to_the_end(job: Job | uuid.UUID | str, *, max_runs: int = 10) -> list[str]:
-    """Run the job, then each retry at the moment it was scheduled for, until a run
-    ends otherwise than with a retry. Returns every run's outcome."""
+    """Run the job, then each retry (or snooze) at the moment it was scheduled for,
+    until a run ends otherwise. Returns every run's outcome."""
     outcomes: list[str] = []
     now = None
     while len(outcomes) < max_runs:
         outcomes.append(run(job, now=now))
-        if outcomes[-1] != "retry":
+        if outcomes[-1] not in ("retry", "snoozed"):
             return outcomes
         now = Job.objects.get(id=_id(job)).run_at
     raise AssertionError(f"job {_id(job)} still retrying after {max_runs} runs: {outcomes}")

@@ -110,7 +110,7 @@ def test_the_status_endpoint_is_small_and_supports_etags(api):
 
     first = api.get(path)
     assert first.status_code == 200
-    fields = ["id", "status", "progress", "message", "updated_at"]
+    fields = ["id", "status", "progress", "message", "updated_at", "expires_at"]
     assert first.json() == {field: api.job(created["id"])[field] for field in fields}
     etag = first.headers["ETag"]
 
