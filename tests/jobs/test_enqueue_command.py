@@ -64,6 +64,25 @@ def test_it_takes_a_run_at_time(enqueue_job):
     assert job.dispatched_at is None
 
 
+def test_it_takes_an_expiry_and_overrides_of_attempts_and_time_limit(enqueue_job):
+    result = enqueue_job(
+        "system.sleep",
+        "--payload",
+        '{"seconds": 1}',
+        "--expires-in",
+        "600",
+        "--max-attempts",
+        "1",
+        "--time-limit",
+        "20",
+    )
+
+    assert result.returncode == 0, result.stderr
+    job = Job.objects.get(id=result.stdout.strip())
+    assert 590 < (job.expires_at - job.created_at).total_seconds() <= 600
+    assert (job.max_attempts, job.time_limit) == (1, 20)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -72,6 +91,9 @@ def test_it_takes_a_run_at_time(enqueue_job):
         (["system.sleep", "--payload", '{"seconds": "x"}'], '"seconds"'),
         (["system.noop", "--run-at", "tomorrow"], "--run-at must be an ISO 8601 time"),
         (["system.noop", "--priority", "urgent"], "invalid choice: 'urgent'"),
+        (["system.noop", "--expires-in", "0"], "--expires-in must be"),
+        (["system.noop", "--max-attempts", "99"], '"max_attempts"'),
+        (["system.noop", "--time-limit", "0"], '"time_limit"'),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(enqueue_job, args, message):

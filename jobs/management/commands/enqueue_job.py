@@ -1,6 +1,8 @@
 import json
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ValidationError
 
@@ -17,8 +19,29 @@ class Command(BaseCommand):
         parser.add_argument("--key", default=None, help="Idempotency key")
         parser.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
         parser.add_argument("--run-at", default=None, help="ISO 8601 time to run at")
+        parser.add_argument(
+            "--expires-in", type=int, default=None, help="Seconds: not started by then, it expires"
+        )
+        parser.add_argument(
+            "--max-attempts", type=int, default=None, help="At most the type's max_attempts"
+        )
+        parser.add_argument(
+            "--time-limit", type=int, default=None, help="Seconds, at most the type's limit"
+        )
 
-    def handle(self, *args, type: str, payload: str, key, priority, run_at, **options):
+    def handle(
+        self,
+        *args,
+        type: str,
+        payload: str,
+        key,
+        priority,
+        run_at,
+        expires_in,
+        max_attempts,
+        time_limit,
+        **options,
+    ):
         try:
             data = json.loads(payload)
         except json.JSONDecodeError as exc:
@@ -32,9 +55,21 @@ class Command(BaseCommand):
                     "e.g. 2030-01-01T09:00:00+00:00",
                     returncode=2,
                 )
+        if expires_in is not None and expires_in <= 0:
+            raise CommandError(
+                "--expires-in must be a whole number of seconds above 0.", returncode=2
+            )
+        expires_at = timezone.now() + timedelta(seconds=expires_in) if expires_in else None
         try:
             outcome = services.enqueue(
-                type, data, idempotency_key=key, priority=priority, run_at=when
+                type,
+                data,
+                idempotency_key=key,
+                priority=priority,
+                run_at=when,
+                expires_at=expires_at,
+                max_attempts=max_attempts,
+                time_limit=time_limit,
             )
         except registry.UnknownJobType as exc:
             known = ", ".join(registry.names())
