@@ -1,6 +1,7 @@
 """/dashboard/ for staff: totals, types, recent and failed jobs, one-click and bulk retry
 (for staff with the retry_job permission, as the admin's retry action). The page
-refreshes its figures from /dashboard/data/ every few seconds. It shows no payloads."""
+refreshes its figures from /dashboard/data/ every few seconds, and draws its history
+charts from /dashboard/history/ (jobs/history.py). It shows no payloads."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from . import queries, services
+from . import history, metrics, queries, services
 from .errors import InvalidTransition
 from .models import Job, Status
 
@@ -106,6 +107,28 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 def dashboard_data(request: HttpRequest) -> JsonResponse:
     return JsonResponse(snapshot())
+
+
+@staff_required
+@require_GET
+def dashboard_history(request: HttpRequest) -> JsonResponse:
+    """The history charts' data for ?window=hour (the default) or ?window=day."""
+    try:
+        win = history.window(request.GET.get("window", "hour"))
+    except history.UnknownWindow as exc:
+        return JsonResponse(
+            {"detail": str(exc), "code": "invalid", "errors": {"window": [str(exc)]}}, status=400
+        )
+    return JsonResponse(history.charts(win, broker=_broker_depths()))
+
+
+def _broker_depths() -> dict[str, int] | None:
+    """The broker's queue depths, or None while it does not answer (the charts then
+    show the database's figures alone)."""
+    try:
+        return metrics.broker_queue_depths()
+    except Exception:
+        return None
 
 
 @staff_required

@@ -18,6 +18,7 @@ from prometheus_client.utils import floatToGoString
 
 from jobsite.operators import bearer_token, is_operator
 
+from . import history
 from .messages import bounded_connection
 from .models import EventKind, Job, JobEvent
 
@@ -32,6 +33,7 @@ class JobsCollector:
         yield failed_attempts_by_type()
         yield from broker_families()
         yield job_durations()
+        yield from history_families()
 
 
 def jobs_by_type_and_status() -> GaugeMetricFamily:
@@ -118,6 +120,46 @@ def job_durations() -> HistogramMetricFamily:
         total = row["total"].total_seconds() if row["total"] else 0.0
         family.add_metric([row["type"]], cumulative, total)
     return family
+
+
+def history_families() -> Iterator[GaugeMetricFamily]:
+    """The dashboard's history figures (jobs/history.py), per window."""
+    finished = GaugeMetricFamily(
+        "jobsite_jobs_finished_recent",
+        "Jobs finished in the window (hour, day) by status",
+        labels=["status", "window"],
+    )
+    wait = GaugeMetricFamily(
+        "jobsite_job_wait_seconds",
+        "Wait from creation to start of jobs that ran once and ended in the window, by type",
+        labels=["type", "quantile", "window"],
+    )
+    run = GaugeMetricFamily(
+        "jobsite_job_run_seconds",
+        "Run time of jobs that succeeded or failed in the window, by type",
+        labels=["type", "quantile", "window"],
+    )
+    now = timezone.now()
+    for win in history.WINDOWS.values():
+        for status, n in history.finished_counts(win, now).items():
+            finished.add_metric([status, win.name], n)
+        for row in history.durations(win, now):
+            for q in history.QUANTILES:
+                label = f"p{round(q * 100)}"
+                if row[f"wait_{label}"] is not None:
+                    wait.add_metric([row["type"], str(q), win.name], row[f"wait_{label}"])
+                if row[f"run_{label}"] is not None:
+                    run.add_metric([row["type"], str(q), win.name], row[f"run_{label}"])
+    yield from (finished, wait, run)
+    jobs = GaugeMetricFamily(
+        "jobsite_queue_jobs",
+        "Jobs in the database per queue: waiting, held (by a pause or a limit) or running",
+        labels=["queue", "state"],
+    )
+    for row in history.queue_depths():
+        for state in ("waiting", "held", "running"):
+            jobs.add_metric([row["queue"], state], row[state])
+    yield jobs
 
 
 def refusal(request: HttpRequest) -> JsonResponse | None:

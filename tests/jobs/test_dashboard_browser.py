@@ -1,9 +1,13 @@
-"""The dashboard in Chromium: it refreshes itself without reloading the page."""
+"""The dashboard in Chromium: it refreshes itself without reloading the page, and draws
+the history charts."""
+
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 
-from jobs import services
+from jobs import history, services
 from jobs.models import Job, Status
 from tests.conftest import CHROMIUM, PASSWORD
 
@@ -41,3 +45,82 @@ def test_the_dashboard_updates_in_place_and_retries_with_one_click(page, staff_u
     assert page.get_by_text("No failed jobs.").is_visible()
     failed.refresh_from_db()
     assert failed.status == Status.QUEUED
+
+
+def finished_job(finished_at, status=Status.SUCCEEDED, type_name="system.noop", ran=1.0) -> Job:
+    job = Job.objects.create(type=type_name, status=status, attempts=1, finished_at=finished_at)
+    started_at = finished_at - timedelta(seconds=ran)
+    Job.objects.filter(id=job.id).update(
+        created_at=started_at - timedelta(seconds=2), started_at=started_at
+    )
+    return job
+
+
+def bars(page, selector: str) -> list[dict]:
+    return page.eval_on_selector_all(
+        selector,
+        """rects => rects.map(r => ({status: r.dataset.status, count: Number(r.dataset.count),
+            height: r.height.baseVal.value, width: r.width.baseVal.value}))""",
+    )
+
+
+def test_the_history_charts_draw_the_jobs_and_switch_between_hour_and_day(page, staff_user):
+    _, end = history.bounds(history.WINDOWS["hour"], timezone.now())
+    two_minutes_ago = end - timedelta(minutes=3) + timedelta(seconds=5)
+    five_minutes_ago = end - timedelta(minutes=6) + timedelta(seconds=5)
+    finished_job(two_minutes_ago, ran=1)
+    finished_job(two_minutes_ago, ran=3)
+    finished_job(five_minutes_ago, ran=2)
+    finished_job(five_minutes_ago, Status.FAILED, ran=4)
+    finished_job(end - timedelta(hours=3), type_name="system.sleep", ran=50)
+    for _ in range(3):
+        services.enqueue("system.noop")
+
+    page.goto("/dashboard/")
+    page.get_by_label("Username").fill(staff_user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/dashboard/")
+    page.wait_for_selector("#history[data-drawn=hour]")
+
+    finished = page.locator("#chart-finished")
+    assert finished.get_attribute("data-buckets") == "60"
+    hour = bars(page, "#chart-finished rect.bar")
+    assert sorted((b["status"], b["count"]) for b in hour) == [
+        ("failed", 1),
+        ("succeeded", 1),
+        ("succeeded", 2),
+    ]
+    tallest = next(b for b in hour if b["count"] == 2)
+    single = [b for b in hour if b["count"] == 1]
+    assert all(b["height"] == pytest.approx(tallest["height"] / 2, abs=0.05) for b in single)
+    assert page.locator("[data-history-total=succeeded]").inner_text() == "3"
+    assert page.locator("[data-history-total=failed]").inner_text() == "1"
+
+    noop_runs = page.locator("#chart-run g[data-type='system.noop']")
+    assert "p50 2.50 s · p95 3.85 s (4)" in noop_runs.text_content()
+    p50, p95 = (
+        float(noop_runs.locator(f"rect[data-quantile='{q}']").get_attribute("width"))
+        for q in ("0.5", "0.95")
+    )
+    assert p50 == pytest.approx(p95 * 2.5 / 3.85, rel=0.01)
+    assert page.locator("#chart-run g[data-type='system.sleep']").count() == 0
+    assert page.locator("#chart-wait g[data-type='system.noop']").count() == 1
+
+    waiting = page.locator("#chart-queues g[data-queue=default] rect[data-state=waiting]")
+    assert waiting.get_attribute("data-count") == "3"
+    assert "3 waiting" in page.locator("#chart-queues g[data-queue=default]").text_content()
+
+    page.get_by_role("button", name="Last day").click()
+    page.wait_for_selector("#history[data-drawn=day]")
+
+    assert page.get_by_role("button", name="Last day").get_attribute("aria-pressed") == "true"
+    assert page.get_by_role("button", name="Last hour").get_attribute("aria-pressed") == "false"
+    assert finished.get_attribute("data-buckets") == "96"
+    day = bars(page, "#chart-finished rect.bar")
+    assert sum(b["count"] for b in day if b["status"] == "succeeded") == 4
+    assert page.locator("[data-history-total=succeeded]").inner_text() == "4"
+    assert "15 minutes" in page.locator("#finished-caption").inner_text()
+    assert page.locator("#chart-run g[data-type='system.sleep']").count() == 1
+    # The day's bars are narrower: 96 buckets in the same width.
+    assert max(b["width"] for b in day) < min(b["width"] for b in hour)

@@ -113,6 +113,7 @@ TABLE: list[Row] = [
     row("GET",   "/metrics",                              401,   403,   403,   200,   200),
     row("GET",   "/dashboard/",                           LOGIN, 403,   403,   200,   200),
     row("GET",   "/dashboard/data/",                      LOGIN, 403,   403,   200,   200),
+    row("GET",   "/dashboard/history/",                   LOGIN, 403,   403,   200,   200),
     row("POST",  "/dashboard/retry-failed/",              LOGIN, 403,   403,   403,   302),
     row("POST",  "/dashboard/jobs/{failed_job}/retry/",   LOGIN, 403,   403,   403,   302),
     # --- the reports pages: each user's own
