@@ -234,6 +234,8 @@ class OperatorActionAdmin(admin.ModelAdmin):
 
 class AuditedPeriodicTaskAdmin(PeriodicTaskAdmin):
     def save_model(self, request, obj: PeriodicTask, form, change: bool) -> None:
+        if change and "enabled" in form.changed_data:
+            obj.headers = scheduling.switched_headers(obj.headers, obj.enabled)
         super().save_model(request, obj, form, change)
         changed = sorted(form.changed_data) if change else []
         audit.record(

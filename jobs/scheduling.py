@@ -47,8 +47,9 @@ class SyncResult:
 def sync(declarations: list[schedules.Schedule] | None = None) -> SyncResult:
     """Write the declarations into django-celery-beat's tables.
 
-    The declaration owns the task, its arguments, the timing, the enabled flag and the
-    options it declares (queue, expiry); an admin's edits to anything else (description,
+    The declaration owns the task, its arguments, the timing, the enabled flag (but a
+    row an operator switched off stays off, see `set_enabled`) and the options it
+    declares (queue, expiry); an admin's edits to anything else (description,
     priority, start time, one-off, expiry it did not declare) survive a sync. Rows of
     schedules no longer declared are disabled, never deleted; rows an admin created are
     left alone.
@@ -86,7 +87,7 @@ def _apply(schedule: schedules.Schedule, row) -> bool:
         "task": schedule.task_name(),
         "args": "[]",
         "kwargs": json.dumps(schedule.task_kwargs(), sort_keys=True),
-        "enabled": schedule.is_enabled(),
+        "enabled": schedule.is_enabled() and not headers.get(schedules.SWITCHED_OFF_HEADER),
         "headers": json.dumps(headers, sort_keys=True),
         "interval": None,
         "crontab": None,
@@ -234,8 +235,8 @@ def _state(row: PeriodicTask, now: datetime) -> ScheduleState:
         enabled=row.enabled,
         next_run_at=next_run(row, now) if row.enabled else None,
         last_run_at=row.last_run_at,
-        last_job=last_window_job(row.name) if job_type else None,
-        last_manual_job=last_manual_job(row.name) if job_type else None,
+        last_job=last_window_job(row.name, job_type) if job_type else None,
+        last_manual_job=last_manual_job(row.name, job_type) if job_type else None,
     )
 
 
@@ -279,24 +280,25 @@ def _to_second(moment: datetime) -> datetime:
     return (moment + timedelta(microseconds=500_000)).replace(microsecond=0)
 
 
-def _schedule_jobs(name: str):
+def _schedule_jobs(name: str, job_type: str):
+    # By type first: retention keeps a type's finished jobs to a few thousand, so this
+    # reads a bounded slice of job_type_status however large the table grows.
     return Job.objects.filter(
-        owner__isnull=True, idempotency_key__startswith=f"schedule:{name}:"
+        type=job_type, owner__isnull=True, idempotency_key__startswith=f"schedule:{name}:"
     ).order_by("-created_at")
 
 
-def last_window_job(name: str) -> Job | None:
+def last_window_job(name: str, job_type: str) -> Job | None:
     """The job of the schedule's latest window fired by Beat (not one run by hand or at a
     worker's start)."""
     prefix = f"schedule:{name}:"
-    jobs = _schedule_jobs(name).exclude(idempotency_key__startswith=f"{prefix}manual:")
+    jobs = _schedule_jobs(name, job_type).exclude(idempotency_key__startswith=f"{prefix}manual:")
     return jobs.exclude(idempotency_key__startswith=f"{prefix}startup:").first()
 
 
-def last_manual_job(name: str) -> Job | None:
-    return (
-        _schedule_jobs(name).filter(idempotency_key__startswith=f"schedule:{name}:manual:").first()
-    )
+def last_manual_job(name: str, job_type: str) -> Job | None:
+    manual = f"schedule:{name}:manual:"
+    return _schedule_jobs(name, job_type).filter(idempotency_key__startswith=manual).first()
 
 
 def schedule_row(name: str) -> PeriodicTask:
@@ -309,16 +311,27 @@ def schedule_row(name: str) -> PeriodicTask:
 
 def set_enabled(name: str, enabled: bool, *, by, via: str) -> PeriodicTask:
     """Switch a schedule on or off (django-celery-beat's `enabled`); Beat picks the change
-    up at once. A declared schedule's flag returns to its declaration at the next
-    `sync_schedules` (run after every `migrate`)."""
+    up at once. A schedule switched off stays off through `sync_schedules` until it is
+    switched on again (a declaration or DISABLE_<NAME>_CRON can still keep it off)."""
     with transaction.atomic():
         row = schedule_row(name)
         row = PeriodicTask.objects.select_for_update().get(pk=row.pk)
         if row.enabled != enabled:
             row.enabled = enabled
+            row.headers = switched_headers(row.headers, enabled)
             row.save()
             audit.record(by, "resume" if enabled else "pause", "schedule", name, via=via)
     return row
+
+
+def switched_headers(headers: str | None, enabled: bool) -> str:
+    """A row's headers, marked as switched off by an operator (or no longer)."""
+    parsed = json.loads(headers or "{}")
+    if enabled:
+        parsed.pop(schedules.SWITCHED_OFF_HEADER, None)
+    else:
+        parsed[schedules.SWITCHED_OFF_HEADER] = True
+    return json.dumps(parsed, sort_keys=True)
 
 
 def run_now(name: str, *, by, via: str) -> Job:

@@ -90,8 +90,8 @@ def test_the_last_run_is_the_latest_window_not_a_run_by_hand(declared, staff_use
     latest = fire("reminder", datetime(2026, 3, 2, 10, 5, tzinfo=UTC))
     by_hand = scheduling.run_now("reminder", by=staff_user, via="dashboard")
 
-    assert scheduling.last_window_job("reminder") == latest
-    assert scheduling.last_manual_job("reminder") == by_hand
+    assert scheduling.last_window_job("reminder", "system.noop") == latest
+    assert scheduling.last_manual_job("reminder", "system.noop") == by_hand
     assert first != latest
 
 
@@ -111,6 +111,16 @@ def test_the_pause_switch_disables_the_schedule_and_is_recorded(declared, operat
         ("pause", "schedule", "reminder", "carol", "dashboard"),
         ("resume", "schedule", "reminder", "carol", "dashboard"),
     ]
+
+
+def test_a_schedule_switched_off_stays_off_through_a_sync_until_switched_on(declared, staff_user):
+    scheduling.set_enabled("reminder", False, by=staff_user, via="dashboard")
+    scheduling.sync()
+    assert PeriodicTask.objects.get(name="reminder").enabled is False
+
+    scheduling.set_enabled("reminder", True, by=staff_user, via="dashboard")
+    scheduling.sync()
+    assert PeriodicTask.objects.get(name="reminder").enabled is True
 
 
 def test_run_now_starts_a_job_and_the_next_window_still_gets_its_own(declared, operator):
