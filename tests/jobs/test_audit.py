@@ -232,3 +232,29 @@ def test_staff_need_the_pause_permission_for_the_controls_admin(staff_user):
     assert client.get("/admin/jobs/control/").status_code == 200
     client.post("/admin/jobs/control/add/", {"scope": "queue", "name": "emails", "paused": "on"})
     assert controls.is_paused(Scope.QUEUE, "emails")
+
+
+def test_changing_a_controls_limits_in_the_admin_sets_them_through_the_controls(
+    admin_client, admin_user
+):
+    control = controls.pause(Scope.TYPE, "system.noop", by=admin_user, via="api")
+    page = admin_client.get(f"/admin/jobs/control/{control.id}/change/")
+    assert page.status_code == 200
+    listing = admin_client.get("/admin/jobs/control/").content.decode()
+    assert "system.noop" in listing
+
+    response = admin_client.post(
+        f"/admin/jobs/control/{control.id}/change/",
+        {"paused": "on", "overrides_limits": "on", "rate": "5", "period": "10"},
+    )
+
+    assert response.status_code == 302
+    control.refresh_from_db()
+    assert (control.paused, control.rate, control.period) == (True, 5, 10.0)
+    assert [a.action for a in OperatorAction.objects.order_by("id")] == ["pause", "set_limits"]
+    assert "rate 5 per 10 s" in admin_client.get("/admin/jobs/control/").content.decode()
+
+    admin_client.post(f"/admin/jobs/control/{control.id}/change/", {"paused": "on"})
+    control.refresh_from_db()
+    assert control.overrides_limits is False
+    assert OperatorAction.objects.first().action == "reset_limits"
