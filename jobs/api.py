@@ -609,9 +609,18 @@ class ControlList(APIView):
         return Response(controls_data())
 
 
-CONTROL_ENTRY = OpenApiResponse(
-    description="The queue's or type's entry, as GET /api/controls/ lists it"
-)
+class ControlStateSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=[s.value for s in Scope])
+    name = serializers.CharField()
+    paused = serializers.BooleanField()
+    held = HeldSerializer(help_text="Queued jobs held back, by reason")
+
+
+def _state_of(scope: str, name: str) -> dict:
+    entry = _control_of(scope, name)
+    return {"scope": scope, "name": name, "paused": entry["paused"], "held": entry["held"]}
+
+
 SCOPE_PARAMETER = OpenApiParameter(
     "scope", str, OpenApiParameter.PATH, enum=[s.value for s in Scope]
 )
@@ -625,10 +634,10 @@ class ControlPause(APIView):
     permission_classes = [StaffWithPermission]
     required_permission = PAUSE_PERMISSION
 
-    @extend_schema(request=None, responses={200: CONTROL_ENTRY})
+    @extend_schema(request=None, responses={200: ControlStateSerializer})
     def post(self, request: Request, scope: str, name: str) -> Response:
         controls.pause(scope, name, by=request.user, via=Via.API)
-        return Response(_control_of(scope, name))
+        return Response(_state_of(scope, name))
 
 
 @extend_schema(tags=["controls"], parameters=[SCOPE_PARAMETER])
@@ -639,10 +648,10 @@ class ControlResume(APIView):
     permission_classes = [StaffWithPermission]
     required_permission = PAUSE_PERMISSION
 
-    @extend_schema(request=None, responses={200: CONTROL_ENTRY})
+    @extend_schema(request=None, responses={200: ControlStateSerializer})
     def post(self, request: Request, scope: str, name: str) -> Response:
         controls.resume(scope, name, by=request.user, via=Via.API)
-        return Response(_control_of(scope, name))
+        return Response(_state_of(scope, name))
 
 
 @extend_schema(tags=["controls"])
