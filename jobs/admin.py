@@ -135,10 +135,10 @@ class ControlAdmin(admin.ModelAdmin):
     list_select_related = ["updated_by"]
 
     def has_pause_permission(self, request) -> bool:
-        return request.user.has_perm("jobs.pause_jobs")
+        return request.user.has_perm(controls.PAUSE_PERMISSION)
 
     def has_limits_permission(self, request) -> bool:
-        return request.user.has_perm("jobs.change_limits")
+        return request.user.has_perm(controls.LIMITS_PERMISSION)
 
     def has_view_permission(self, request, obj=None) -> bool:
         return (

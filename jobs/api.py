@@ -508,10 +508,6 @@ class JobTypeList(APIView):
 # --- operators' controls: pauses and limits ------------------------------------------
 
 
-PAUSE_PERMISSION = "jobs.pause_jobs"
-LIMITS_PERMISSION = "jobs.change_limits"
-
-
 class StaffWithPermission(permissions.BasePermission):
     """Staff holding the view's `required_permission` (superusers hold every one)."""
 
@@ -632,7 +628,7 @@ class ControlPause(APIView):
     (held) until it is resumed."""
 
     permission_classes = [StaffWithPermission]
-    required_permission = PAUSE_PERMISSION
+    required_permission = controls.PAUSE_PERMISSION
 
     @extend_schema(request=None, responses={200: ControlStateSerializer})
     def post(self, request: Request, scope: str, name: str) -> Response:
@@ -646,7 +642,7 @@ class ControlResume(APIView):
     are sent to start."""
 
     permission_classes = [StaffWithPermission]
-    required_permission = PAUSE_PERMISSION
+    required_permission = controls.PAUSE_PERMISSION
 
     @extend_schema(request=None, responses={200: ControlStateSerializer})
     def post(self, request: Request, scope: str, name: str) -> Response:
@@ -660,7 +656,7 @@ class TypeLimits(APIView):
     out or null is no such limit) or go back to what the type declares (DELETE)."""
 
     permission_classes = [StaffWithPermission]
-    required_permission = LIMITS_PERMISSION
+    required_permission = controls.LIMITS_PERMISSION
 
     @extend_schema(request=LimitsSerializer, responses={200: TypeControlSerializer})
     def put(self, request: Request, name: str) -> Response:

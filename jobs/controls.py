@@ -23,6 +23,10 @@ from .registry import Limits
 
 __all__ = ["Rules", "control_for", "effective_limits", "rules_for"]
 
+# Who may act, besides being staff (superusers hold every permission).
+PAUSE_PERMISSION = "jobs.pause_jobs"
+LIMITS_PERMISSION = "jobs.change_limits"
+
 
 def validate_target(scope: str, name: str) -> None:
     """Raise a ValidationError naming what is wrong unless `name` is a known queue or

@@ -147,8 +147,6 @@ def _answer(request: HttpRequest, outcome: str, code: int, retried: int) -> Http
 
 # --- controls, schedules and the audit log ---------------------------------------------
 
-PAUSE_PERMISSION = "jobs.pause_jobs"
-LIMITS_PERMISSION = "jobs.change_limits"
 SCHEDULE_PERMISSION = "django_celery_beat.change_periodictask"
 AUDIT_LISTED = 20
 LIMIT_FIELDS = ("concurrency", "owner_concurrency", "rate", "owner_rate", "period")
@@ -164,8 +162,8 @@ def operator_sections() -> dict[str, Any]:
 
 def operator_permissions(user) -> dict[str, bool]:
     return {
-        "can_pause": user.has_perm(PAUSE_PERMISSION),
-        "can_change_limits": user.has_perm(LIMITS_PERMISSION),
+        "can_pause": user.has_perm(controls.PAUSE_PERMISSION),
+        "can_change_limits": user.has_perm(controls.LIMITS_PERMISSION),
         "can_change_schedules": user.has_perm(SCHEDULE_PERMISSION),
     }
 
@@ -226,7 +224,7 @@ def permission_required(permission: str):
 
 
 @staff_required
-@permission_required(PAUSE_PERMISSION)
+@permission_required(controls.PAUSE_PERMISSION)
 @require_POST
 def pause_control(request: HttpRequest, scope: str, name: str) -> HttpResponse:
     return _operate(
@@ -237,7 +235,7 @@ def pause_control(request: HttpRequest, scope: str, name: str) -> HttpResponse:
 
 
 @staff_required
-@permission_required(PAUSE_PERMISSION)
+@permission_required(controls.PAUSE_PERMISSION)
 @require_POST
 def resume_control(request: HttpRequest, scope: str, name: str) -> HttpResponse:
     return _operate(
@@ -248,7 +246,7 @@ def resume_control(request: HttpRequest, scope: str, name: str) -> HttpResponse:
 
 
 @staff_required
-@permission_required(LIMITS_PERMISSION)
+@permission_required(controls.LIMITS_PERMISSION)
 @require_POST
 def change_limits(request: HttpRequest, name: str) -> HttpResponse:
     """Replace a type's limits with the form's (an empty field is no such limit), or
@@ -282,12 +280,15 @@ def limits_from_form(form, type_name: str) -> Limits:
 @require_POST
 def switch_schedule(request: HttpRequest, name: str) -> HttpResponse:
     """Switch a schedule on (`enabled=1`) or off (`enabled=0`)."""
-    enabled = request.POST.get("enabled") == "1"
-    return _operate(
-        request,
-        lambda: scheduling.set_enabled(name, enabled, by=request.user, via=Via.DASHBOARD),
-        f"Schedule {name} {'switched on' if enabled else 'paused'}.",
-    )
+    enabled = request.POST.get("enabled")
+
+    def apply() -> None:
+        if enabled not in ("0", "1"):
+            raise serializers.ValidationError({"enabled": ["Must be 1 (on) or 0 (off)."]})
+        scheduling.set_enabled(name, enabled == "1", by=request.user, via=Via.DASHBOARD)
+
+    switched = "switched on" if enabled == "1" else "paused"
+    return _operate(request, apply, f"Schedule {name} {switched}.")
 
 
 @staff_required

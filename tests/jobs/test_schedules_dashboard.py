@@ -167,6 +167,12 @@ def test_a_schedule_sending_a_plain_task_or_unknown_cannot_be_run_now(declared, 
     )
     assert response.status_code == 400
     assert "nope" in response.json()["errors"]["schedule"][0]
+    response = operator.post(
+        "/dashboard/schedules/reminder/switch/", headers={"X-Requested-With": "fetch"}
+    )
+    assert response.status_code == 400
+    assert "enabled" in response.json()["errors"]
+    assert PeriodicTask.objects.get(name="reminder").enabled is True
     assert not Job.objects.exists()
     assert not OperatorAction.objects.exists()
 
