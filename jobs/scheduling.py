@@ -281,8 +281,9 @@ def _to_second(moment: datetime) -> datetime:
 
 
 def _schedule_jobs(name: str, job_type: str):
-    # By type first: retention keeps a type's finished jobs to a few thousand, so this
-    # reads a bounded slice of job_type_status however large the table grows.
+    # The application's keyed jobs of one type: retention keeps a type's finished jobs
+    # to a few thousand, so this reads a bounded slice however large the table grows
+    # (through job_type_status or the system jobs' key index).
     return Job.objects.filter(
         type=job_type, owner__isnull=True, idempotency_key__startswith=f"schedule:{name}:"
     ).order_by("-created_at")
