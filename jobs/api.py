@@ -11,7 +11,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, serializers, status, viewsets
+from rest_framework import exceptions, generics, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -20,9 +20,10 @@ from rest_framework.views import APIView
 
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
-from . import queries, registry, services, visibility
+from . import controls, queries, registry, services, visibility
+from .audit import Via
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
-from .models import RETRYABLE_STATUSES, Job, JobEvent, Priority, Status
+from .models import RETRYABLE_STATUSES, Job, JobEvent, OperatorAction, Priority, Scope, Status
 from .store import job_store
 
 PRIORITY_NAMES = [p.label for p in Priority]
@@ -460,7 +461,7 @@ class JobViewSet(viewsets.GenericViewSet):
         if not visibility.may_act_on(request.user, job.owner_id, visibility.CANCEL_PERMISSION):
             raise exceptions.PermissionDenied("Cancelling another user's job needs a permission.")
         try:
-            job = services.cancel(job)
+            job = services.cancel(job, by=request.user, via=Via.API)
         except InvalidTransition as exc:
             return _job_conflict(exc, "not_cancellable")
         return Response(job_data(job, request.user))
@@ -481,7 +482,7 @@ class JobViewSet(viewsets.GenericViewSet):
             except TooManyActiveJobs as exc:
                 return _too_many_active(exc)
         try:
-            job = services.retry(job)
+            job = services.retry(job, by=request.user, via=Via.API)
         except InvalidTransition as exc:
             return _job_conflict(exc, "not_retryable")
         return Response(job_data(job, request.user), status=status.HTTP_202_ACCEPTED)
@@ -551,3 +552,240 @@ class JobTypeList(APIView):
                 for jt in registry.creatable_by(request.user)
             ]
         )
+
+
+# --- operators' controls: pauses and limits ------------------------------------------
+
+
+class StaffWithPermission(permissions.BasePermission):
+    """Staff holding the view's `required_permission` (superusers hold every one)."""
+
+    def has_permission(self, request: Request, view) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated and user.is_staff):
+            return False
+        if not user.has_perm(view.required_permission):
+            self.message = f"Needs the {view.required_permission} permission."
+            return False
+        return True
+
+
+class LimitsSerializer(serializers.Serializer):
+    concurrency = serializers.IntegerField(allow_null=True, required=False, default=None)
+    owner_concurrency = serializers.IntegerField(allow_null=True, required=False, default=None)
+    rate = serializers.IntegerField(allow_null=True, required=False, default=None)
+    owner_rate = serializers.IntegerField(allow_null=True, required=False, default=None)
+    period = serializers.FloatField(
+        required=False, help_text="Seconds of a rate's window; default: the type's declared one."
+    )
+
+
+class HeldSerializer(serializers.Serializer):
+    paused = serializers.IntegerField(required=False)
+    concurrency = serializers.IntegerField(required=False)
+    rate = serializers.IntegerField(required=False)
+
+
+class QueueControlSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    paused = serializers.BooleanField()
+    held = HeldSerializer(help_text="Queued jobs held back, by reason")
+
+
+class TypeControlSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    queue = serializers.CharField()
+    paused = serializers.BooleanField()
+    overrides_limits = serializers.BooleanField(
+        help_text="Whether staff replaced the declared limits"
+    )
+    limits = LimitsSerializer(help_text="The limits in force")
+    declared_limits = LimitsSerializer(help_text="The limits the type declares")
+    held = HeldSerializer(help_text="Queued jobs held back, by reason")
+
+
+class ControlsSerializer(serializers.Serializer):
+    queues = QueueControlSerializer(many=True)
+    types = TypeControlSerializer(many=True)
+
+
+def controls_data() -> dict:
+    """Every queue and type with its pause, limits and held jobs, as JSON-ready data."""
+    seen = controls.overview()
+    return {
+        "queues": [_queue_control_data(q) for q in seen.queues],
+        "types": [_type_control_data(t) for t in seen.types],
+    }
+
+
+def _queue_control_data(entry: controls.QueueControl) -> dict:
+    return {"name": entry.name, "paused": entry.paused, "held": entry.held}
+
+
+def _type_control_data(entry: controls.TypeControl) -> dict:
+    return {
+        "name": entry.name,
+        "queue": entry.queue,
+        "paused": entry.paused,
+        "overrides_limits": entry.overrides_limits,
+        "limits": controls.limits_as_dict(entry.limits),
+        "declared_limits": controls.limits_as_dict(entry.declared_limits),
+        "held": entry.held,
+    }
+
+
+def _control_of(scope: str, name: str) -> dict:
+    seen = controls.overview()
+    entries = seen.queues if scope == Scope.QUEUE else seen.types
+    entry = next(e for e in entries if e.name == name)
+    if scope == Scope.QUEUE:
+        return _queue_control_data(entry)
+    return _type_control_data(entry)
+
+
+@extend_schema(tags=["controls"])
+class ControlList(APIView):
+    """Staff: every queue and job type, paused or not, with limits and held jobs."""
+
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(responses=ControlsSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(controls_data())
+
+
+class ControlStateSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=[s.value for s in Scope])
+    name = serializers.CharField()
+    paused = serializers.BooleanField()
+    held = HeldSerializer(help_text="Queued jobs held back, by reason")
+
+
+def _state_of(scope: str, name: str) -> dict:
+    entry = _control_of(scope, name)
+    return {"scope": scope, "name": name, "paused": entry["paused"], "held": entry["held"]}
+
+
+SCOPE_PARAMETER = OpenApiParameter(
+    "scope", str, OpenApiParameter.PATH, enum=[s.value for s in Scope]
+)
+
+
+@extend_schema(tags=["controls"], parameters=[SCOPE_PARAMETER])
+class ControlPause(APIView):
+    """Staff with jobs.pause_jobs: pause a queue or a job type. Its jobs stay queued
+    (held) until it is resumed."""
+
+    permission_classes = [StaffWithPermission]
+    required_permission = controls.PAUSE_PERMISSION
+
+    @extend_schema(request=None, responses={200: ControlStateSerializer})
+    def post(self, request: Request, scope: str, name: str) -> Response:
+        controls.pause(scope, name, by=request.user, via=Via.API)
+        return Response(_state_of(scope, name))
+
+
+@extend_schema(tags=["controls"], parameters=[SCOPE_PARAMETER])
+class ControlResume(APIView):
+    """Staff with jobs.pause_jobs: resume a paused queue or job type; its held jobs
+    are sent to start."""
+
+    permission_classes = [StaffWithPermission]
+    required_permission = controls.PAUSE_PERMISSION
+
+    @extend_schema(request=None, responses={200: ControlStateSerializer})
+    def post(self, request: Request, scope: str, name: str) -> Response:
+        controls.resume(scope, name, by=request.user, via=Via.API)
+        return Response(_state_of(scope, name))
+
+
+@extend_schema(tags=["controls"])
+class TypeLimits(APIView):
+    """Staff with jobs.change_limits: replace a job type's limits (PUT; a field left
+    out or null is no such limit) or go back to what the type declares (DELETE)."""
+
+    permission_classes = [StaffWithPermission]
+    required_permission = controls.LIMITS_PERMISSION
+
+    @extend_schema(request=LimitsSerializer, responses={200: TypeControlSerializer})
+    def put(self, request: Request, name: str) -> Response:
+        controls.validate_target(Scope.TYPE, name)
+        new = limits_from(request.data, registry.get(name).limits.period)
+        controls.set_limits(name, new, by=request.user, via=Via.API)
+        return Response(_control_of(Scope.TYPE, name))
+
+    @extend_schema(request=None, responses={200: TypeControlSerializer})
+    def delete(self, request: Request, name: str) -> Response:
+        controls.set_limits(name, None, by=request.user, via=Via.API)
+        return Response(_control_of(Scope.TYPE, name))
+
+
+def limits_from(data, declared_period: float) -> registry.Limits:
+    """The limits a request body asks for, or a ValidationError naming each bad field."""
+    if not isinstance(data, dict):
+        raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+    incoming = LimitsSerializer(data=data)
+    unknown = sorted(set(data) - set(incoming.fields))
+    if unknown:
+        known = ", ".join(incoming.fields)
+        raise serializers.ValidationError(
+            {name: [f"Unknown field; the limits are: {known}."] for name in unknown}
+        )
+    incoming.is_valid(raise_exception=True)
+    values = {"period": declared_period, **incoming.validated_data}
+    new = registry.Limits(**values)
+    controls.validate_limits(new)
+    return new
+
+
+# --- the audit log --------------------------------------------------------------------
+
+
+class OperatorActionSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name")
+
+    class Meta:
+        model = OperatorAction
+        fields = ["id", "created_at", "actor", "action", "target_kind", "target", "via", "detail"]
+        read_only_fields = fields
+
+
+class AuditPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+AUDIT_FILTERS = {
+    "target_kind": "target_kind",
+    "target": "target",
+    "actor": "actor_name",
+    "action": "action",
+    "via": "via",
+}
+
+
+@extend_schema(
+    tags=["audit"],
+    parameters=[
+        OpenApiParameter("target_kind", str, description="job, queue, type or schedule"),
+        OpenApiParameter("target", str, description="A job id, queue, type or schedule name"),
+        OpenApiParameter("actor", str, description="The acting user's username"),
+        OpenApiParameter("action", str, description="retry, cancel, pause, resume, ..."),
+        OpenApiParameter("via", str, description="api, admin, dashboard, web or command"),
+    ],
+)
+class AuditList(generics.ListAPIView):
+    """Staff: who did what to jobs, queues, job types and schedules, newest first."""
+
+    permission_classes = [permissions.IsAdminUser]
+    serializer_class = OperatorActionSerializer
+    pagination_class = AuditPagination
+
+    def get_queryset(self):
+        actions = OperatorAction.objects.all()
+        for param, field_name in AUDIT_FILTERS.items():
+            if value := self.request.query_params.get(param, "").strip():
+                actions = actions.filter(**{field_name: value})
+        return actions

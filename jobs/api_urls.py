@@ -1,12 +1,40 @@
-from django.urls import path
+from django.urls import path, register_converter
 from rest_framework.routers import SimpleRouter
 
-from .api import JobTypeList, JobViewSet
+from .api import (
+    AuditList,
+    ControlList,
+    ControlPause,
+    ControlResume,
+    JobTypeList,
+    JobViewSet,
+    TypeLimits,
+)
+
+
+class ScopeConverter:
+    regex = "queue|type"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ScopeConverter, "scope")
 
 router = SimpleRouter()
 router.register("jobs", JobViewSet, basename="job")
 
 urlpatterns = [
     path("job-types/", JobTypeList.as_view(), name="job-types"),
+    path("controls/", ControlList.as_view(), name="controls"),
+    path("controls/<scope:scope>/<str:name>/pause/", ControlPause.as_view(), name="control-pause"),
+    path(
+        "controls/<scope:scope>/<str:name>/resume/", ControlResume.as_view(), name="control-resume"
+    ),
+    path("controls/type/<str:name>/limits/", TypeLimits.as_view(), name="control-limits"),
+    path("audit/", AuditList.as_view(), name="audit"),
     *router.urls,
 ]

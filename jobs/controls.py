@@ -9,16 +9,23 @@ hold across workers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count
 from rest_framework import serializers
 
 from . import audit, limits, registry
 from .limits import Rules, control_for, effective_limits, rules_for
-from .models import Control, Scope
+from .models import Control, Held, Job, Scope, Status
 from .registry import Limits
 
 __all__ = ["Rules", "control_for", "effective_limits", "rules_for"]
+
+# Who may act, besides being staff (superusers hold every permission).
+PAUSE_PERMISSION = "jobs.pause_jobs"
+LIMITS_PERMISSION = "jobs.change_limits"
 
 
 def validate_target(scope: str, name: str) -> None:
@@ -80,7 +87,7 @@ def set_limits(type_name: str, new: Limits | None, *, by, via: str) -> Control:
     type declares. Jobs held by the old limits are reconsidered at once."""
     validate_target(Scope.TYPE, type_name)
     if new is not None:
-        _validate_limits(new)
+        validate_limits(new)
     with transaction.atomic():
         control = _locked(Scope.TYPE, type_name)
         before = limits.effective_limits(registry.get(type_name), control)
@@ -112,7 +119,7 @@ def limits_as_dict(value: Limits) -> dict:
     }
 
 
-def _validate_limits(value: Limits) -> None:
+def validate_limits(value: Limits) -> None:
     errors = {}
     for name in ("concurrency", "owner_concurrency", "rate", "owner_rate"):
         number = getattr(value, name)
@@ -139,3 +146,75 @@ def _save(control: Control, by) -> None:
     )
     control.updated_by = by if by is not None and by.is_authenticated else None
     control.save()
+
+
+# --- what operators see ------------------------------------------------------------------
+
+
+@dataclass
+class QueueControl:
+    name: str
+    paused: bool
+    held: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class TypeControl:
+    name: str
+    queue: str
+    paused: bool
+    overrides_limits: bool
+    limits: Limits  # in force
+    declared_limits: Limits
+    held: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Overview:
+    queues: list[QueueControl]
+    types: list[TypeControl]
+
+
+def overview() -> Overview:
+    """Every queue and job type with its pause, its limits and how many of its queued
+    jobs are held, and why (`paused`, `concurrency`, `rate`)."""
+    rows = {(c.scope, c.name): c for c in Control.objects.all()}
+    held_by_type: dict[str, dict[str, int]] = {}
+    held_by_queue: dict[str, dict[str, int]] = {}
+    for row in held_counts():
+        for counts, key in ((held_by_type, row["type"]), (held_by_queue, row["queue"])):
+            reasons = counts.setdefault(key, {})
+            reasons[row["held"]] = reasons.get(row["held"], 0) + row["n"]
+    queues = [
+        QueueControl(
+            name=name,
+            paused=_paused(rows.get((Scope.QUEUE, name))),
+            held=held_by_queue.get(name, {}),
+        )
+        for name in settings.JOBS_QUEUES
+    ]
+    types = []
+    for jt in sorted(registry.all_types(), key=lambda t: t.name):
+        control = rows.get((Scope.TYPE, jt.name))
+        types.append(
+            TypeControl(
+                name=jt.name,
+                queue=jt.queue,
+                paused=_paused(control),
+                overrides_limits=bool(control and control.overrides_limits),
+                limits=effective_limits(jt, control),
+                declared_limits=jt.limits,
+                held=held_by_type.get(jt.name, {}),
+            )
+        )
+    return Overview(queues=queues, types=types)
+
+
+def held_counts() -> list[dict]:
+    """Queued jobs held back, as rows of type, queue, held (the reason) and n."""
+    held = Job.objects.filter(status=Status.QUEUED).exclude(held=Held.NO).order_by()
+    return list(held.values("type", "queue", "held").annotate(n=Count("id")))
+
+
+def _paused(control: Control | None) -> bool:
+    return control is not None and control.paused

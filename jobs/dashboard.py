@@ -16,10 +16,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
+from rest_framework import serializers
 
-from . import history, metrics, queries, services
+from . import api, controls, history, metrics, queries, registry, scheduling, services
+from .audit import Via
 from .errors import InvalidTransition
-from .models import Job, Status
+from .models import Job, OperatorAction, Scope, Status
+from .registry import Limits
 
 RECENT = 20
 FAILED_LISTED = 50
@@ -65,6 +68,7 @@ def snapshot() -> dict[str, Any]:
         "recent": [_row(j) for j in recent],
         "failed": [_row(j) for j in latest_failed()],
         "failed_total": stats["by_status"][Status.FAILED],
+        **operator_sections(),
     }
 
 
@@ -99,6 +103,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "statuses": Status.choices,
             "flower_url": settings.FLOWER_URL,
             "can_retry": request.user.has_perm(RETRY_PERMISSION),
+            **operator_permissions(request.user),
         },
     )
 
@@ -137,7 +142,7 @@ def _broker_depths() -> dict[str, int] | None:
 def retry_job(request: HttpRequest, job_id) -> HttpResponse:
     job = get_object_or_404(Job, id=job_id)
     try:
-        services.retry(job)
+        services.retry(job, by=request.user, via=Via.DASHBOARD)
         outcome, code = f"Job {job.id} queued again.", 200
     except InvalidTransition as exc:
         outcome, code = str(exc), 409
@@ -151,7 +156,8 @@ def retry_failed(request: HttpRequest) -> HttpResponse:
     """Retry the selected failed jobs, or every failed job when none is selected."""
     selected = request.POST.getlist("job")
     failed = Job.objects.filter(status=Status.FAILED)
-    count = services.retry_many(failed.filter(id__in=selected) if selected else failed)
+    chosen = failed.filter(id__in=selected) if selected else failed
+    count = services.retry_many(chosen, by=request.user, via=Via.DASHBOARD)
     return _answer(request, f"{count} failed job(s) queued again.", 200, retried=count)
 
 
@@ -160,3 +166,180 @@ def _answer(request: HttpRequest, outcome: str, code: int, retried: int) -> Http
         return JsonResponse({"detail": outcome, "retried": retried}, status=code)
     (messages.success if code == 200 else messages.error)(request, outcome)
     return redirect("dashboard")
+
+
+# --- controls, schedules and the audit log ---------------------------------------------
+
+SCHEDULE_PERMISSION = "django_celery_beat.change_periodictask"
+AUDIT_LISTED = 20
+LIMIT_FIELDS = ("concurrency", "owner_concurrency", "rate", "owner_rate", "period")
+
+
+def operator_sections() -> dict[str, Any]:
+    return {
+        "controls": api.controls_data(),
+        "schedules": [_schedule_row(s) for s in scheduling.overview()],
+        "audit": [_audit_row(a) for a in OperatorAction.objects.all()[:AUDIT_LISTED]],
+    }
+
+
+def operator_permissions(user) -> dict[str, bool]:
+    return {
+        "can_pause": user.has_perm(controls.PAUSE_PERMISSION),
+        "can_change_limits": user.has_perm(controls.LIMITS_PERMISSION),
+        "can_change_schedules": user.has_perm(SCHEDULE_PERMISSION),
+    }
+
+
+def _schedule_row(state: scheduling.ScheduleState) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "description": state.description,
+        "job_type": state.job_type,
+        "task": state.task,
+        "timing": state.timing,
+        "enabled": state.enabled,
+        "next_run_at": _iso(state.next_run_at),
+        "last_run_at": _iso(state.last_run_at),
+        "last_job": _job_link(state.last_job),
+        "last_manual_job": _job_link(state.last_manual_job),
+    }
+
+
+def _job_link(job: Job | None) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    return {
+        "id": str(job.id),
+        "status": job.status,
+        "created_at": job.created_at.isoformat(),
+        "admin_url": reverse("admin:jobs_job_change", args=[job.id]),
+    }
+
+
+def _audit_row(action: OperatorAction) -> dict[str, Any]:
+    return {
+        "created_at": action.created_at.isoformat(),
+        "actor": action.actor_name or "system",
+        "action": action.action,
+        "target_kind": action.target_kind,
+        "target": action.target,
+        "via": action.via,
+    }
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def permission_required(permission: str):
+    def decorate(view):
+        def check(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if not request.user.has_perm(permission):
+                raise PermissionDenied(f"Needs the {permission} permission")
+            return view(request, *args, **kwargs)
+
+        check.__name__ = view.__name__
+        check.__doc__ = view.__doc__
+        return check
+
+    return decorate
+
+
+@staff_required
+@permission_required(controls.PAUSE_PERMISSION)
+@require_POST
+def pause_control(request: HttpRequest, scope: str, name: str) -> HttpResponse:
+    return _operate(
+        request,
+        lambda: controls.pause(scope, name, by=request.user, via=Via.DASHBOARD),
+        f"{Scope(scope).label} {name} paused.",
+    )
+
+
+@staff_required
+@permission_required(controls.PAUSE_PERMISSION)
+@require_POST
+def resume_control(request: HttpRequest, scope: str, name: str) -> HttpResponse:
+    return _operate(
+        request,
+        lambda: controls.resume(scope, name, by=request.user, via=Via.DASHBOARD),
+        f"{Scope(scope).label} {name} resumed.",
+    )
+
+
+@staff_required
+@permission_required(controls.LIMITS_PERMISSION)
+@require_POST
+def change_limits(request: HttpRequest, name: str) -> HttpResponse:
+    """Replace a type's limits with the form's (an empty field is no such limit), or
+    with `reset` go back to the declared ones."""
+
+    def apply() -> None:
+        controls.validate_target(Scope.TYPE, name)
+        new = None if "reset" in request.POST else limits_from_form(request.POST, name)
+        controls.set_limits(name, new, by=request.user, via=Via.DASHBOARD)
+
+    return _operate(request, apply, f"Limits of {name} saved.")
+
+
+def limits_from_form(form, type_name: str) -> Limits:
+    errors, values = {}, {}
+    for field_name in LIMIT_FIELDS:
+        raw = form.get(field_name, "").strip()
+        if not raw:
+            continue
+        try:
+            values[field_name] = float(raw) if field_name == "period" else int(raw)
+        except ValueError:
+            errors[field_name] = ["Must be a number."]
+    if errors:
+        raise serializers.ValidationError(errors)
+    return Limits(**{"period": registry.get(type_name).limits.period, **values})
+
+
+@staff_required
+@permission_required(SCHEDULE_PERMISSION)
+@require_POST
+def switch_schedule(request: HttpRequest, name: str) -> HttpResponse:
+    """Switch a schedule on (`enabled=1`) or off (`enabled=0`)."""
+    enabled = request.POST.get("enabled")
+
+    def apply() -> None:
+        if enabled not in ("0", "1"):
+            raise serializers.ValidationError({"enabled": ["Must be 1 (on) or 0 (off)."]})
+        scheduling.set_enabled(name, enabled == "1", by=request.user, via=Via.DASHBOARD)
+
+    switched = "switched on" if enabled == "1" else "paused"
+    return _operate(request, apply, f"Schedule {name} {switched}.")
+
+
+@staff_required
+@permission_required(SCHEDULE_PERMISSION)
+@require_POST
+def run_schedule(request: HttpRequest, name: str) -> HttpResponse:
+    """Enqueue the schedule's job now; the next scheduled run still happens."""
+    return _operate(
+        request,
+        lambda: scheduling.run_now(name, by=request.user, via=Via.DASHBOARD),
+        f"Schedule {name} started now.",
+    )
+
+
+def _operate(request: HttpRequest, act, done: str) -> HttpResponse:
+    try:
+        act()
+    except serializers.ValidationError as exc:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail}
+        if request.headers.get("X-Requested-With") == "fetch":
+            return JsonResponse({"detail": "Not done.", "errors": detail}, status=400)
+        messages.error(request, _in_words(detail))
+        return redirect("dashboard")
+    if request.headers.get("X-Requested-With") == "fetch":
+        return JsonResponse({"detail": done})
+    messages.success(request, done)
+    return redirect("dashboard")
+
+
+def _in_words(errors: dict) -> str:
+    return " ".join(f"{name}: {' '.join(map(str, texts))}" for name, texts in errors.items())

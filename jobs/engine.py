@@ -3,6 +3,7 @@ write handlers, create jobs and act on them. Apps import from here, not from the
 engine's modules."""
 
 from .api import JobSerializer, job_data
+from .audit import Via
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .models import FINISHED_STATUSES, Job, Status
@@ -26,6 +27,7 @@ __all__ = [
     "Status",
     "TooManyActiveJobs",
     "Unique",
+    "Via",
     "cancel",
     "enqueue",
     "enqueue_many",

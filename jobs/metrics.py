@@ -18,7 +18,7 @@ from prometheus_client.utils import floatToGoString
 
 from jobsite.operators import bearer_token, is_operator
 
-from . import history
+from . import controls, history
 from .messages import bounded_connection
 from .models import EventKind, Job, JobEvent
 
@@ -34,6 +34,8 @@ class JobsCollector:
         yield from broker_families()
         yield job_durations()
         yield from history_families()
+        yield paused_queues_and_types()
+        yield held_jobs()
 
 
 def jobs_by_type_and_status() -> GaugeMetricFamily:
@@ -160,6 +162,34 @@ def history_families() -> Iterator[GaugeMetricFamily]:
         for state in ("waiting", "held", "running"):
             jobs.add_metric([row["queue"], state], row[state])
     yield jobs
+
+
+def paused_queues_and_types() -> GaugeMetricFamily:
+    """1 for each paused queue and job type, 0 for the others: an alert can fire on a
+    pause left on."""
+    family = GaugeMetricFamily(
+        "jobsite_paused", "1 if the queue or job type is paused, else 0", labels=["scope", "name"]
+    )
+    seen = controls.overview()
+    for scope, entries in (("queue", seen.queues), ("type", seen.types)):
+        for entry in entries:
+            family.add_metric([scope, entry.name], 1 if entry.paused else 0)
+    return family
+
+
+def held_jobs() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "jobsite_jobs_held",
+        "Queued jobs held back by a pause or a limit, by type and reason",
+        labels=["type", "reason"],
+    )
+    by_type: dict[tuple[str, str], int] = {}
+    for row in controls.held_counts():
+        key = (row["type"], row["held"])
+        by_type[key] = by_type.get(key, 0) + row["n"]
+    for (type_name, reason), count in sorted(by_type.items()):
+        family.add_metric([type_name, reason], count)
+    return family
 
 
 def refusal(request: HttpRequest) -> JsonResponse | None:

@@ -31,6 +31,9 @@ from django.core.exceptions import ImproperlyConfigured
 ENQUEUE_TASK = "jobs.enqueue_scheduled"
 # The header that marks a django-celery-beat row as ours, holding the declaration's name.
 MANAGED_HEADER = "jobsite_schedule"
+# The header that marks a row an operator switched off (dashboard, admin): `sync` keeps it
+# off, as the operator left it, until someone switches it on again.
+SWITCHED_OFF_HEADER = "jobsite_switched_off"
 # The header with which Beat marks a scheduled firing, holding when it fired (a Unix time).
 FIRED_AT_HEADER = "jobsite_fired_at"
 # Beat fires a cron entry at its minute, a little late under load. A fire time within

@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from celery.schedules import BaseSchedule
+from celery.schedules import BaseSchedule, crontab
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from rest_framework import serializers
 
-from . import schedules
+from . import audit, schedules
 from .errors import IdempotencyConflict
 from .models import Job, Status
 from .services import enqueue, existing_for_key, validate_payload
@@ -46,8 +47,9 @@ class SyncResult:
 def sync(declarations: list[schedules.Schedule] | None = None) -> SyncResult:
     """Write the declarations into django-celery-beat's tables.
 
-    The declaration owns the task, its arguments, the timing, the enabled flag and the
-    options it declares (queue, expiry); an admin's edits to anything else (description,
+    The declaration owns the task, its arguments, the timing, the enabled flag (but a
+    row an operator switched off stays off, see `set_enabled`) and the options it
+    declares (queue, expiry); an admin's edits to anything else (description,
     priority, start time, one-off, expiry it did not declare) survive a sync. Rows of
     schedules no longer declared are disabled, never deleted; rows an admin created are
     left alone.
@@ -85,7 +87,7 @@ def _apply(schedule: schedules.Schedule, row) -> bool:
         "task": schedule.task_name(),
         "args": "[]",
         "kwargs": json.dumps(schedule.task_kwargs(), sort_keys=True),
-        "enabled": schedule.is_enabled(),
+        "enabled": schedule.is_enabled() and not headers.get(schedules.SWITCHED_OFF_HEADER),
         "headers": json.dumps(headers, sort_keys=True),
         "interval": None,
         "crontab": None,
@@ -194,3 +196,163 @@ def schedule_of(name: str) -> BaseSchedule | None:
         return row.schedule
     declaration = schedules.get_declared(name)
     return declaration.celery_schedule() if declaration else None
+
+
+# --- what operators see and do -------------------------------------------------------
+
+
+@dataclass
+class ScheduleState:
+    """One schedule as the dashboard shows it."""
+
+    name: str
+    description: str
+    task: str
+    job_type: str | None  # None for a schedule that sends a plain Celery task
+    timing: str  # in words: "every 5 minutes", "At 07:00 AM (UTC)"
+    enabled: bool
+    next_run_at: datetime | None  # None while disabled
+    last_run_at: datetime | None  # when Beat last fired it
+    last_job: Job | None  # the job of its latest window
+    last_manual_job: Job | None  # the latest job started by hand
+
+
+def overview(now: datetime | None = None) -> list[ScheduleState]:
+    """Every schedule in django-celery-beat's table, by name."""
+    now = now or timezone.now()
+    rows = PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked")
+    return [_state(row, now) for row in rows.order_by("name")]
+
+
+def _state(row: PeriodicTask, now: datetime) -> ScheduleState:
+    job_type = job_type_of(row)
+    return ScheduleState(
+        name=row.name,
+        description=row.description,
+        task=row.task,
+        job_type=job_type,
+        timing=timing_in_words(row),
+        enabled=row.enabled,
+        next_run_at=next_run(row, now) if row.enabled else None,
+        last_run_at=row.last_run_at,
+        last_job=last_window_job(row.name, job_type) if job_type else None,
+        last_manual_job=last_manual_job(row.name, job_type) if job_type else None,
+    )
+
+
+def job_type_of(row: PeriodicTask) -> str | None:
+    if row.task != schedules.ENQUEUE_TASK:
+        return None
+    return _kwargs_of(row).get("type")
+
+
+def _kwargs_of(row: PeriodicTask) -> dict[str, Any]:
+    try:
+        kwargs = json.loads(row.kwargs or "{}")
+    except ValueError:
+        return {}
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def timing_in_words(row: PeriodicTask) -> str:
+    if row.crontab is not None:
+        cron = row.crontab
+        fields = [cron.minute, cron.hour, cron.day_of_month, cron.month_of_year, cron.day_of_week]
+        return f"{cron.human_readable} (cron {' '.join(fields)})"
+    if row.interval is not None:
+        return str(row.interval)
+    return str(row.solar or row.clocked or "no timing")
+
+
+def next_run(row: PeriodicTask, now: datetime) -> datetime:
+    """When Beat next fires `row`: the next occurrence of a cron after its last firing
+    (or now), an interval after its last firing (now if it never fired or is overdue)."""
+    timing = row.schedule
+    if isinstance(timing, crontab):
+        # Rounded to the second: celery reads its own "now", a moment after ours.
+        return _to_second(now + timing.remaining_estimate(now))
+    if row.interval is not None and row.last_run_at is not None:
+        return max(row.last_run_at + timing.run_every, now)
+    return now
+
+
+def _to_second(moment: datetime) -> datetime:
+    return (moment + timedelta(microseconds=500_000)).replace(microsecond=0)
+
+
+def _schedule_jobs(name: str, job_type: str):
+    # The application's keyed jobs of one type: retention keeps a type's finished jobs
+    # to a few thousand, so this reads a bounded slice however large the table grows
+    # (through job_type_status or the system jobs' key index).
+    return Job.objects.filter(
+        type=job_type, owner__isnull=True, idempotency_key__startswith=f"schedule:{name}:"
+    ).order_by("-created_at")
+
+
+def last_window_job(name: str, job_type: str) -> Job | None:
+    """The job of the schedule's latest window fired by Beat (not one run by hand or at a
+    worker's start)."""
+    prefix = f"schedule:{name}:"
+    jobs = _schedule_jobs(name, job_type).exclude(idempotency_key__startswith=f"{prefix}manual:")
+    return jobs.exclude(idempotency_key__startswith=f"{prefix}startup:").first()
+
+
+def last_manual_job(name: str, job_type: str) -> Job | None:
+    manual = f"schedule:{name}:manual:"
+    return _schedule_jobs(name, job_type).filter(idempotency_key__startswith=manual).first()
+
+
+def schedule_row(name: str) -> PeriodicTask:
+    """The schedule called `name`, or a ValidationError naming it."""
+    row = PeriodicTask.objects.filter(name=name).first()
+    if row is None:
+        raise serializers.ValidationError({"schedule": [f"Unknown schedule {name!r}."]})
+    return row
+
+
+def set_enabled(name: str, enabled: bool, *, by, via: str) -> PeriodicTask:
+    """Switch a schedule on or off (django-celery-beat's `enabled`); Beat picks the change
+    up at once. A schedule switched off stays off through `sync_schedules` until it is
+    switched on again (a declaration or DISABLE_<NAME>_CRON can still keep it off)."""
+    with transaction.atomic():
+        row = schedule_row(name)
+        row = PeriodicTask.objects.select_for_update().get(pk=row.pk)
+        if row.enabled != enabled:
+            row.enabled = enabled
+            row.headers = switched_headers(row.headers, enabled)
+            row.save()
+            audit.record(by, "resume" if enabled else "pause", "schedule", name, via=via)
+    return row
+
+
+def switched_headers(headers: str | None, enabled: bool) -> str:
+    """A row's headers, marked as switched off by an operator (or no longer)."""
+    parsed = json.loads(headers or "{}")
+    if enabled:
+        parsed.pop(schedules.SWITCHED_OFF_HEADER, None)
+    else:
+        parsed[schedules.SWITCHED_OFF_HEADER] = True
+    return json.dumps(parsed, sort_keys=True)
+
+
+def run_now(name: str, *, by, via: str) -> Job:
+    """Enqueue the schedule's job now, with the row's current arguments. The job is keyed
+    as a run of its own (`schedules.manual_run_key`), so the next scheduled window still
+    gets its job."""
+    row = schedule_row(name)
+    job_type = job_type_of(row)
+    if job_type is None:
+        raise serializers.ValidationError(
+            {"schedule": [f"Schedule {name!r} sends the task {row.task}, not a job."]}
+        )
+    kwargs = _kwargs_of(row)
+    with transaction.atomic():
+        job = enqueue_for_schedule(
+            name,
+            job_type,
+            kwargs.get("payload"),
+            priority=kwargs.get("priority", "normal"),
+            run_id=uuid.uuid4().hex,
+        )
+        audit.record(by, "run_now", "schedule", name, via=via, job=str(job.id))
+    return job

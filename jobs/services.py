@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import serializers
 
-from . import registry
+from . import audit, registry
 from .dispatch import dispatch, dispatch_new, mark_new
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs, UniqueKeyHeld
 from .models import FINISHED_STATUSES, RETRYABLE_STATUSES, Job, Priority, Status
@@ -349,19 +349,26 @@ def active_job_count(owner, *, up_to: int) -> int:
 # --- cancel and retry ----------------------------------------------------------------
 
 
-def cancel(job: Job) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next checkpoint."""
-    job_store().cancel(job, timezone.now())
+def cancel(job: Job, *, by=None, via: str | None = None) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next checkpoint.
+
+    With `via` (the door an operator came through: audit.Via), the cancel is recorded
+    with `by`, the acting user, in the audit log and on the job's timeline."""
+    with transaction.atomic():
+        done = job_store().cancel(job, timezone.now(), note=_note(by, via))
+        if done and via:
+            audit.record(by, "cancel", "job", job.id, via=via, type=job.type, outcome=done)
     job.refresh_from_db()
     if job.status in FINISHED_STATUSES and job.status != Status.CANCELLED:
         raise InvalidTransition(job, "cancel")
     return job
 
 
-def retry(job: Job) -> Job:
-    """Put a failed or cancelled job back in the queue with a fresh round of attempts."""
+def retry(job: Job, *, by=None, via: str | None = None) -> Job:
+    """Put a failed or cancelled job back in the queue with a fresh round of attempts;
+    recorded with `by` when it comes through `via` (as `cancel`)."""
     with transaction.atomic():
-        retried = job_store().retry([job.id], timezone.now())
+        retried = job_store().retry([job.id], timezone.now(), note=_note(by, via))
         job.refresh_from_db()
         if not retried:
             holder = job.unique_key and job_store().active_with_key(
@@ -370,14 +377,23 @@ def retry(job: Job) -> Job:
             if job.status in RETRYABLE_STATUSES and holder:
                 raise UniqueKeyHeld(job, holder, "retry")
             raise InvalidTransition(job, "retry")
+        if via:
+            audit.record(by, "retry", "job", job.id, via=via, type=job.type)
         transaction.on_commit(lambda: dispatch(retried))
     return job
 
 
-def retry_many(jobs) -> int:
-    """Retry every failed or cancelled job in the queryset; returns how many."""
+def retry_many(jobs, *, by=None, via: str | None = None) -> int:
+    """Retry every failed or cancelled job in the queryset; returns how many. Each is
+    recorded with `by` when it comes through `via` (as `cancel`)."""
     with transaction.atomic():
         ids = jobs.filter(status__in=RETRYABLE_STATUSES).values_list("id", flat=True)
-        retried = job_store().retry(list(ids), timezone.now())
+        retried = job_store().retry(list(ids), timezone.now(), note=_note(by, via))
+        if via:
+            audit.record_each(by, "retry", "job", [j.id for j in retried], via=via, bulk=True)
         transaction.on_commit(lambda: dispatch(retried))
     return len(retried)
+
+
+def _note(by, via: str | None) -> str:
+    return audit.describe(by, via) if via else ""

@@ -486,8 +486,9 @@ class JobStore:
 
     # --- operators ---------------------------------------------------------------------
 
-    def cancel(self, job: Job, now: datetime) -> None:
-        """Cancel a queued job; ask a running one to stop at its next checkpoint."""
+    def cancel(self, job: Job, now: datetime, note: str = "") -> str | None:
+        """Cancel a queued job; ask a running one to stop at its next checkpoint. Returns
+        the event it added (`note` is its message), None when there was nothing to do."""
         with transaction.atomic():
             if Job.objects.filter(id=job.id, status=Status.QUEUED).update(
                 status=Status.CANCELLED,
@@ -496,17 +497,21 @@ class JobStore:
                 message="Cancelled",
                 held=Held.NO,
             ):
-                self._add_event(job, EventKind.CANCELLED, now)
-            elif Job.objects.filter(
-                id=job.id, status=Status.RUNNING, cancel_requested=False
-            ).update(cancel_requested=True, updated_at=now, message="Cancelling"):
-                self._add_event(job, EventKind.CANCEL_REQUESTED, now)
+                self._add_event(job, EventKind.CANCELLED, now, note)
+                return EventKind.CANCELLED
+            if Job.objects.filter(id=job.id, status=Status.RUNNING, cancel_requested=False).update(
+                cancel_requested=True, updated_at=now, message="Cancelling"
+            ):
+                self._add_event(job, EventKind.CANCEL_REQUESTED, now, note)
+                return EventKind.CANCEL_REQUESTED
+        return None
 
-    def retry(self, job_ids: Iterable[Any], now: datetime) -> list[Job]:
+    def retry(self, job_ids: Iterable[Any], now: datetime, note: str = "") -> list[Job]:
         """Put the failed, cancelled or expired jobs among `job_ids` back in the queue
         with a fresh round of attempts; returns them as they now are. An expiry that has
         passed (or expired the job) is dropped: retrying the job asks for it to run. A
-        unique job whose key another queued or running job holds stays as it is."""
+        unique job whose key another queued or running job holds stays as it is. `note`
+        is appended to their timeline's "Manual retry"."""
         with transaction.atomic():
             rows = (
                 Job.objects.select_for_update()
@@ -535,7 +540,9 @@ class JobStore:
                 **_REQUEUED,
             )
             self._add_events(
-                EventKind.RETRIED, [(job_id, "Manual retry", 0) for job_id in ids], now
+                EventKind.RETRIED,
+                [(job_id, " ".join(filter(None, ["Manual retry", note])), 0) for job_id in ids],
+                now,
             )
         return list(Job.objects.filter(id__in=ids))
 

@@ -1,6 +1,10 @@
 from django.urls import path
 
-from . import dashboard, metrics
+from . import (
+    api_urls,  # noqa: F401 (registers the "scope" path converter)
+    dashboard,
+    metrics,
+)
 
 urlpatterns = [
     path("metrics", metrics.metrics, name="metrics"),
@@ -9,4 +13,27 @@ urlpatterns = [
     path("dashboard/history/", dashboard.dashboard_history, name="dashboard-history"),
     path("dashboard/retry-failed/", dashboard.retry_failed, name="dashboard-retry-failed"),
     path("dashboard/jobs/<uuid:job_id>/retry/", dashboard.retry_job, name="dashboard-retry"),
+    path(
+        "dashboard/controls/<scope:scope>/<str:name>/pause/",
+        dashboard.pause_control,
+        name="dashboard-pause",
+    ),
+    path(
+        "dashboard/controls/<scope:scope>/<str:name>/resume/",
+        dashboard.resume_control,
+        name="dashboard-resume",
+    ),
+    path(
+        "dashboard/controls/type/<str:name>/limits/",
+        dashboard.change_limits,
+        name="dashboard-limits",
+    ),
+    path(
+        "dashboard/schedules/<str:name>/switch/",
+        dashboard.switch_schedule,
+        name="dashboard-schedule-switch",
+    ),
+    path(
+        "dashboard/schedules/<str:name>/run/", dashboard.run_schedule, name="dashboard-schedule-run"
+    ),
 ]

@@ -108,6 +108,16 @@ def may_see_details(request: HttpRequest) -> bool:
         return False
 
 
+def paused_now() -> dict[str, list[str]]:
+    """The paused queues and job types: they hold their jobs, which is not a failure."""
+    from jobs.controls import paused
+
+    found: dict[str, list[str]] = {"queues": [], "types": []}
+    for scope, name in paused():
+        found["queues" if scope == "queue" else "types"].append(name)
+    return found
+
+
 @require_safe
 def health(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
@@ -120,5 +130,6 @@ def health(request: HttpRequest) -> JsonResponse:
             "memory_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "pid": os.getpid(),
             "checks": checks,
+            "paused": paused_now() if checks["database"]["ok"] else None,
         }
     return JsonResponse(body, status=200 if healthy else 503)

@@ -14,7 +14,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jobs.engine import InvalidTransition, Status, one_line_error
+from jobs.engine import InvalidTransition, Status, Via, one_line_error
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
 from . import services
@@ -183,7 +183,7 @@ class ReportViewSet(viewsets.GenericViewSet):
     def cancel(self, request: Request, pk: str) -> Response:
         report = self.get_object()
         try:
-            services.cancel_report(report)
+            services.cancel_report(report, by=request.user, via=Via.API)
         except InvalidTransition as exc:
             return _conflict(report, str(exc), "not_cancellable")
         report.job.refresh_from_db()
@@ -198,7 +198,7 @@ class ReportViewSet(viewsets.GenericViewSet):
     def retry(self, request: Request, pk: str) -> Response:
         report = self.get_object()
         try:
-            services.retry_report(report)
+            services.retry_report(report, by=request.user, via=Via.API)
         except InvalidTransition as exc:
             return _conflict(report, str(exc), "not_retryable")
         report.job.refresh_from_db()

@@ -63,13 +63,15 @@ def request_report(owner, kind_name: str, parameters: Any = None, title: str = "
     return report
 
 
-def cancel_report(report: Report) -> Report:
-    engine.cancel(_job_of(report))
+def cancel_report(report: Report, *, by=None, via: str | None = None) -> Report:
+    """Cancel the report's job; `by` through `via` is recorded (jobs' audit log)."""
+    engine.cancel(_job_of(report), by=by, via=via)
     return report
 
 
-def retry_report(report: Report) -> Report:
-    engine.retry(_job_of(report))
+def retry_report(report: Report, *, by=None, via: str | None = None) -> Report:
+    """Retry the report's job; `by` through `via` is recorded (jobs' audit log)."""
+    engine.retry(_job_of(report), by=by, via=via)
     return report
 
 

@@ -17,7 +17,7 @@ from django.views.decorators.http import (
 )
 from rest_framework import serializers
 
-from jobs.engine import InvalidTransition, Status
+from jobs.engine import InvalidTransition, Status, Via
 
 from . import services
 from .api import filter_reports, pdf_response
@@ -130,7 +130,7 @@ def retry(request: HttpRequest, report_id) -> HttpResponse:
 def _act(request: HttpRequest, report_id, action, done: str) -> HttpResponse:
     report = get_object_or_404(Report.objects.owned_by(request.user), id=report_id)
     try:
-        action(report)
+        action(report, by=request.user, via=Via.WEB)
     except InvalidTransition as exc:
         if _wants_fragment(request):
             return HttpResponse(str(exc), status=409, content_type="text/plain")

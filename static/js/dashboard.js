@@ -86,7 +86,11 @@
   async function refresh() {
     try {
       const response = await fetch("/dashboard/data/", { credentials: "same-origin" });
-      if (response.ok) show(await response.json());
+      if (response.ok) {
+        const data = await response.json();
+        show(data);
+        document.dispatchEvent(new CustomEvent("dashboard:data", { detail: data }));
+      }
     } catch (error) {
       // the server is restarting: the next tick tries again
     }
@@ -104,5 +108,135 @@
     await refresh();
   });
 
+  document.addEventListener("dashboard:refresh", refresh);
   window.setInterval(refresh, REFRESH_MS);
+})();
+
+// Controls, schedules and the audit log: each section updated from the same data, and
+// their forms (pause, resume, limits, schedule switch, run now) sent by fetch.
+(function () {
+  "use strict";
+
+  function heldText(held) {
+    const parts = Object.entries(held || {}).map(([reason, n]) => `${reason} ${n}`);
+    return parts.length ? parts.join(" ") : "0";
+  }
+
+  function setState(badge, on, onText, offText, offClass) {
+    badge.textContent = on ? onText : offText;
+    badge.className = `badge ${on ? "badge-active" : offClass}`;
+  }
+
+  function setSwitch(row, paused) {
+    const pause = row.querySelector("[data-pause]");
+    const resume = row.querySelector("[data-resume]");
+    if (pause) pause.hidden = paused;
+    if (resume) resume.hidden = !paused;
+  }
+
+  function limitsText(limits) {
+    const parts = [];
+    if (limits.concurrency !== null) parts.push(`at most ${limits.concurrency} running`);
+    if (limits.owner_concurrency !== null) parts.push(`${limits.owner_concurrency} per owner`);
+    if (limits.rate !== null) parts.push(`${limits.rate} starts per ${limits.period} s`);
+    if (limits.owner_rate !== null) parts.push(`${limits.owner_rate} per owner per ${limits.period} s`);
+    return parts.length ? parts.join("; ") : "none";
+  }
+
+  function showControls(controls) {
+    const entries = [
+      ...controls.queues.map((entry) => ["queue", entry]),
+      ...controls.types.map((entry) => ["type", entry]),
+    ];
+    entries.forEach(([scope, entry]) => {
+      const row = document.querySelector(`[data-control="${scope}:${CSS.escape(entry.name)}"]`);
+      if (!row) return;
+      setState(row.querySelector("[data-state]"), !entry.paused, "active", "paused", "badge-paused");
+      row.querySelector("[data-held]").textContent = heldText(entry.held);
+      setSwitch(row, entry.paused);
+      const limits = row.querySelector("[data-limits]");
+      if (limits) limits.textContent = limitsText(entry.limits);
+    });
+  }
+
+  function jobLink(job) {
+    const fragment = document.createDocumentFragment();
+    const a = document.createElement("a");
+    a.href = job.admin_url;
+    const code = document.createElement("code");
+    code.textContent = job.id.slice(0, 8);
+    a.appendChild(code);
+    const badge = document.createElement("span");
+    badge.className = `badge badge-${job.status}`;
+    badge.textContent = job.status;
+    fragment.append(a, " ", badge);
+    return fragment;
+  }
+
+  function showSchedules(schedules) {
+    schedules.forEach((schedule) => {
+      const row = document.querySelector(`[data-schedule="${CSS.escape(schedule.name)}"]`);
+      if (!row) return;
+      setState(row.querySelector("[data-state]"), schedule.enabled, "on", "paused", "badge-paused");
+      setSwitch(row, !schedule.enabled);
+      row.querySelector("[data-next-run]").textContent = schedule.next_run_at ? schedule.next_run_at.slice(0, 19) : "-";
+      const last = row.querySelector("[data-last-run]");
+      last.replaceChildren();
+      if (schedule.last_job) {
+        last.append(jobLink(schedule.last_job), " ", schedule.last_job.created_at.slice(0, 19));
+      } else {
+        last.append(schedule.last_run_at ? schedule.last_run_at.slice(0, 19) : "never");
+      }
+      if (schedule.last_manual_job) {
+        const label = document.createElement("span");
+        label.className = "muted";
+        label.textContent = "run by hand:";
+        last.append(document.createElement("br"), label, " ", jobLink(schedule.last_manual_job));
+      }
+    });
+  }
+
+  function showAudit(entries) {
+    const tbody = document.getElementById("audit-rows");
+    if (!tbody) return;
+    const rows = entries.map((entry) => {
+      const tr = document.createElement("tr");
+      [entry.created_at.slice(0, 19), entry.actor, entry.action, `${entry.target_kind} ${entry.target}`, entry.via].forEach((text) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      });
+      return tr;
+    });
+    tbody.replaceChildren(...rows);
+  }
+
+  async function sendOperatorForm(event) {
+    const form = event.target.closest("[data-operator-form]");
+    if (!form) return;
+    event.preventDefault();
+    const body = new FormData(form);
+    if (event.submitter?.name) body.set(event.submitter.name, event.submitter.value);
+    const action = event.submitter?.getAttribute("formaction") || form.action;
+    const response = await fetch(action, {
+      method: "POST",
+      body,
+      credentials: "same-origin",
+      headers: { "X-Requested-With": "fetch" },
+    });
+    if (!response.ok) {
+      const answer = await response.json().catch(() => ({}));
+      const errors = Object.entries(answer.errors || {}).map(([field, texts]) => `${field}: ${[].concat(texts).join(" ")}`);
+      window.alert(errors.join("\n") || answer.detail || `Refused (${response.status})`);
+    }
+    document.dispatchEvent(new CustomEvent("dashboard:refresh"));
+  }
+
+  document.addEventListener("dashboard:data", (event) => {
+    const data = event.detail;
+    if (data.controls) showControls(data.controls);
+    if (data.schedules) showSchedules(data.schedules);
+    if (data.audit) showAudit(data.audit);
+  });
+  document.addEventListener("submit", sendOperatorForm);
 })();

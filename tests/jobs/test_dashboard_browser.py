@@ -1,5 +1,5 @@
-"""The dashboard in Chromium: it refreshes itself without reloading the page, and draws
-the history charts."""
+"""The dashboard in Chromium: it refreshes itself without reloading the page, draws the
+history charts, and pauses a queue from its Controls section."""
 
 from datetime import timedelta
 
@@ -7,8 +7,8 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from jobs import history, services
-from jobs.models import Job, Status
+from jobs import controls, history, scheduling, services
+from jobs.models import Job, Scope, Status
 from tests.conftest import CHROMIUM, PASSWORD
 
 pytestmark = [
@@ -124,3 +124,36 @@ def test_the_history_charts_draw_the_jobs_and_switch_between_hour_and_day(page, 
     assert page.locator("#chart-run g[data-type='system.sleep']").count() == 1
     # The day's bars are narrower: 96 buckets in the same width.
     assert max(b["width"] for b in day) < min(b["width"] for b in hour)
+
+
+def test_a_queue_paused_from_the_dashboard_shows_paused_beside_the_schedules(page, staff_user):
+    staff_user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["pause_jobs", "change_periodictask"])
+    )
+    scheduling.sync()
+    page.goto("/dashboard/")
+    page.get_by_label("Username").fill(staff_user.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/dashboard/")
+    page.evaluate("window.__notReloaded = true")
+    emails = page.locator('[data-control="queue:emails"]')
+    assert emails.locator("[data-state]").inner_text() == "active"
+
+    page.get_by_role("button", name="Pause queue emails").click()
+
+    page.wait_for_function(
+        """document.querySelector('[data-control="queue:emails"] [data-state]')
+             .textContent === 'paused'""",
+        timeout=15_000,
+    )
+    assert page.get_by_role("button", name="Resume queue emails").is_visible()
+    assert not page.get_by_role("button", name="Pause queue emails").is_visible()
+    assert page.evaluate("window.__notReloaded") is True
+    assert controls.is_paused(Scope.QUEUE, "emails")
+    audit_rows = page.locator("#audit-rows")
+    audit_rows.get_by_text("queue emails").wait_for(timeout=15_000)
+
+    reminder = page.locator('[data-schedule="reminder"]')
+    assert "Every 5 minutes" in reminder.inner_text()
+    assert reminder.get_by_role("button", name="Run schedule reminder now").is_visible()

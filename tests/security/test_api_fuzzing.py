@@ -14,6 +14,7 @@ import pytest
 import requests
 import schemathesis
 from django.apps import apps
+from django.contrib.auth.models import Permission
 from drf_spectacular.generators import SchemaGenerator
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -33,7 +34,8 @@ CHECKS = [
     response_schema_conformance,
 ]
 TOKEN_ENDPOINTS = r"^/api/auth/"
-STAFF_ONLY = r"^/api/notes/images/cleanup/$"  # a plain user only ever gets 403 there
+# A plain user only ever gets 403 there.
+STAFF_ONLY = r"^/api/(notes/images/cleanup/$|controls/|audit/$)"
 # Bounded so the whole file takes a minute or two on two cores; derandomized so a
 # failure comes back on the next run.
 FUZZ_SETTINGS = hypothesis.settings(
@@ -142,6 +144,12 @@ SUCCESSES = [
     ("GET", "/api/notes/images/{id}/", 200, "user", lambda w: object_id(w, "image")),
     ("GET", "/api/notes/images/{id}/content/", 200, "user", lambda w: object_id(w, "image")),
     ("DELETE", "/api/notes/images/{id}/", 204, "user", lambda w: object_id(w, "image")),
+    ("GET", "/api/controls/", 200, "staff", lambda w: {}),
+    ("POST", "/api/controls/{scope}/{name}/pause/", 200, "operator", lambda w: control("queue")),
+    ("POST", "/api/controls/{scope}/{name}/resume/", 200, "operator", lambda w: control("type")),
+    ("PUT", "/api/controls/type/{name}/limits/", 200, "operator", lambda w: limits({"rate": 9})),
+    ("DELETE", "/api/controls/type/{name}/limits/", 200, "operator", lambda w: limits(None)),
+    ("GET", "/api/audit/", 200, "staff", lambda w: {}),
     ("GET", "/api/notes/tasks/", 200, "user", lambda w: {}),
     ("POST", "/api/notes/tasks/", 201, "user", lambda w: {"body": {"title": "Sow"}}),
     ("GET", "/api/notes/tasks/{id}/", 200, "user", lambda w: object_id(w, "task")),
@@ -155,6 +163,16 @@ CREDENTIALS = {"username": "alice", "password": "correct-horse-battery-staple"}
 def object_id(world: World, name: str, **body) -> dict:
     fields = {"path_parameters": {"id": str(world.values[name])}}
     return {**fields, "body": body} if body else fields
+
+
+def control(scope: str) -> dict:
+    name = "emails" if scope == "queue" else "system.noop"
+    return {"path_parameters": {"scope": scope, "name": name}}
+
+
+def limits(body: dict | None) -> dict:
+    fields = {"path_parameters": {"name": "system.noop"}}
+    return {**fields, "body": body} if body is not None else fields
 
 
 def refresh_body(world: World) -> dict:
@@ -172,8 +190,23 @@ def test_every_operation_has_a_success_example():
     assert listed - documented == set(), "SUCCESSES for operations the schema lacks"
 
 
-def test_success_answers_match_the_schema(live_server, user, bearer, staff_bearer):
-    headers = {"user": bearer, "staff": staff_bearer, "anonymous": {}}
+@pytest.fixture
+def operator_bearer(staff_user, staff_bearer) -> dict[str, str]:
+    """The JWT of staff who may pause and change limits."""
+    staff_user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["pause_jobs", "change_limits"])
+    )
+    return staff_bearer
+
+
+def test_success_answers_match_the_schema(live_server, user, bearer, operator_bearer):
+    # Staff's permissions only add to what the staff flag allows.
+    headers = {
+        "user": bearer,
+        "staff": operator_bearer,
+        "operator": operator_bearer,
+        "anonymous": {},
+    }
     wrong = []
     for method, path, expected, role, fields in SUCCESSES:
         world = World.create(user)

@@ -79,6 +79,14 @@ TABLE: list[Row] = [
     row("POST",  "/api/jobs/{job}/cancel/",               401,   200,   404,   403,   200),
     row("POST",  "/api/jobs/{failed_job}/retry/",         401,   202,   404,   403,   202),
     row("GET",   "/api/jobs/{job}/status/",               401,   200,   404,   200,   200),
+    # --- operators' controls and audit log: staff; acting takes jobs.pause_jobs or
+    # jobs.change_limits
+    row("GET",   "/api/controls/",                        401,   403,   403,   200,   200),
+    row("POST",  "/api/controls/queue/emails/pause/",     401,   403,   403,   403,   200),
+    row("POST",  "/api/controls/type/system.noop/resume/", 401,  403,   403,   403,   200),
+    row("PUT",   "/api/controls/type/system.noop/limits/", 401,  403,   403,   403,   200),
+    row("DELETE", "/api/controls/type/system.noop/limits/", 401, 403,   403,   403,   200),
+    row("GET",   "/api/audit/",                           401,   403,   403,   200,   200),
     # --- reports: each user's own, staff included
     row("GET",   "/api/reports/",                         401,   200,   200,   200,   200),
     row("POST",  "/api/reports/",                         401,   202,   202,   202,   202),
@@ -116,6 +124,13 @@ TABLE: list[Row] = [
     row("GET",   "/dashboard/history/",                   LOGIN, 403,   403,   200,   200),
     row("POST",  "/dashboard/retry-failed/",              LOGIN, 403,   403,   403,   302),
     row("POST",  "/dashboard/jobs/{failed_job}/retry/",   LOGIN, 403,   403,   403,   302),
+    # pause and limits take jobs.pause_jobs and jobs.change_limits, schedules
+    # django_celery_beat.change_periodictask
+    row("POST",  "/dashboard/controls/queue/emails/pause/", LOGIN, 403, 403,   403,   302),
+    row("POST",  "/dashboard/controls/type/system.noop/resume/", LOGIN, 403, 403, 403, 302),
+    row("POST",  "/dashboard/controls/type/system.noop/limits/", LOGIN, 403, 403, 403, 302),
+    row("POST",  "/dashboard/schedules/purge/switch/",    LOGIN, 403,   403,   403,   302),
+    row("POST",  "/dashboard/schedules/purge/run/",       LOGIN, 403,   403,   403,   302),
     # --- the reports pages: each user's own
     row("GET",   "/",                                     302,   302,   302,   302,   302),
     row("GET",   "/reports/",                             LOGIN, 200,   200,   200,   200),
@@ -132,6 +147,8 @@ TABLE: list[Row] = [
     row("POST",  "/admin/jobs/job/",                      LOGIN, LOGIN, LOGIN, 403,   302),
     row("GET",   "/admin/jobs/job/{job}/change/",         LOGIN, LOGIN, LOGIN, 403,   200),
     row("GET",   "/admin/notes/page/",                    LOGIN, LOGIN, LOGIN, 403,   200),
+    row("GET",   "/admin/jobs/control/",                  LOGIN, LOGIN, LOGIN, 403,   200),
+    row("GET",   "/admin/jobs/operatoraction/",           LOGIN, LOGIN, LOGIN, 403,   200),
     # ... and django.contrib.auth
     row("GET",   "/accounts/login/",                      200,   200,   200,   200,   200),
     row("POST",  "/accounts/logout/",                     LOGIN, LOGIN, LOGIN, LOGIN, LOGIN),
@@ -162,6 +179,9 @@ BODIES: dict[tuple[str, str], Body] = {
     ("PUT", "/api/notes/tasks/{task}/"): json_body({"title": "Sow", "done": True}),
     ("PATCH", "/api/notes/tasks/{task}/"): json_body({"done": True}),
     ("POST", "/reports/"): form_body({"kind": "job_activity"}),
+    ("PUT", "/api/controls/type/system.noop/limits/"): json_body({"rate": 100}),
+    ("POST", "/dashboard/controls/type/system.noop/limits/"): form_body({"rate": "100"}),
+    ("POST", "/dashboard/schedules/purge/switch/"): form_body({"enabled": "1"}),
     ("POST", "/admin/jobs/job/"): form_body(
         lambda w: {"action": "retry_jobs", "_selected_action": [str(w.values["failed_job"])]}
     ),
