@@ -4,7 +4,7 @@
   "use strict";
 
   const REFRESH_MS = 5000;
-  const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+  const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"];
   const form = document.getElementById("failed-form");
   const canRetry = form.dataset.canRetry === "true"; // the retry_job permission
 

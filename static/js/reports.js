@@ -6,7 +6,7 @@
 
   const POLL_MS = 1000;
   const ACTIVE = new Set(["queued", "running"]);
-  const LABELS = { queued: "Queued", running: "Running", succeeded: "Ready", failed: "Failed", cancelled: "Cancelled" };
+  const LABELS = { queued: "Queued", running: "Running", succeeded: "Ready", failed: "Failed", cancelled: "Cancelled", expired: "Expired" };
   const rows = document.getElementById("report-rows");
   const reportForm = document.getElementById("report-form");
   const filterForm = document.getElementById("filter-form");

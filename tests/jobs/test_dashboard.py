@@ -89,6 +89,20 @@ def test_totals_and_per_type_counts_match_the_jobs(staff):
     assert "http://127.0.0.1:5555/" in page and "/admin/jobs/job/" in page
 
 
+def test_expired_jobs_are_counted_in_their_own_column(staff):
+    expired = services.enqueue("system.noop").job
+    Job.objects.filter(id=expired.id).update(status=Status.EXPIRED)
+
+    data = staff.get("/dashboard/data/").json()
+
+    assert data["totals"]["expired"] == 1
+    assert {row["type"]: row["expired"] for row in data["by_type"]} == {"system.noop": 1}
+    page = staff.get("/dashboard/").content.decode()
+    row = page.split('id="type-rows">')[1].split("</tr>")[0]
+    assert row.count('<td class="num">') == 6
+    assert row.rstrip().endswith('<td class="num">1</td>')
+
+
 def test_the_failed_list_shows_the_latest_failures_first(staff):
     now = timezone.now()
     for hours_ago, error in [(3, "oldest"), (1, "newest"), (2, "middle")]:
