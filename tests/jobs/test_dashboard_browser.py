@@ -17,15 +17,20 @@ pytestmark = [
 ]
 
 
-def test_the_dashboard_updates_in_place_and_retries_with_one_click(page, staff_user):
-    staff_user.user_permissions.add(Permission.objects.get(codename="retry_job"))
-    failed = services.enqueue("system.noop").job
-    Job.objects.filter(id=failed.id).update(status=Status.FAILED, error="Disk full")
+def open_dashboard(page, staff_user) -> None:
+    """Sign in through the form the dashboard sends a visitor to, and land on it."""
     page.goto("/dashboard/")
     page.get_by_label("Username").fill(staff_user.username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/dashboard/")
+
+
+def test_the_dashboard_updates_in_place_and_retries_with_one_click(page, staff_user):
+    staff_user.user_permissions.add(Permission.objects.get(codename="retry_job"))
+    failed = services.enqueue("system.noop").job
+    Job.objects.filter(id=failed.id).update(status=Status.FAILED, error="Disk full")
+    open_dashboard(page, staff_user)
     page.evaluate("window.__notReloaded = true")
     queued = page.locator("[data-total=queued]")
     assert queued.inner_text() == "0"
@@ -76,11 +81,7 @@ def test_the_history_charts_draw_the_jobs_and_switch_between_hour_and_day(page, 
     for _ in range(3):
         services.enqueue("system.noop")
 
-    page.goto("/dashboard/")
-    page.get_by_label("Username").fill(staff_user.username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/dashboard/")
+    open_dashboard(page, staff_user)
     page.wait_for_selector("#history[data-drawn=hour]")
 
     finished = page.locator("#chart-finished")
@@ -131,11 +132,7 @@ def test_a_queue_paused_from_the_dashboard_shows_paused_beside_the_schedules(pag
         *Permission.objects.filter(codename__in=["pause_jobs", "change_periodictask"])
     )
     scheduling.sync()
-    page.goto("/dashboard/")
-    page.get_by_label("Username").fill(staff_user.username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/dashboard/")
+    open_dashboard(page, staff_user)
     page.evaluate("window.__notReloaded = true")
     emails = page.locator('[data-control="queue:emails"]')
     assert emails.locator("[data-state]").inner_text() == "active"
