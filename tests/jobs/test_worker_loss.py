@@ -2,6 +2,7 @@
 it took ahead of running them (prefetched): those jobs run within seconds, not after the
 visibility timeout or JOBS_REDISPATCH_AFTER (300 s)."""
 
+import json
 import os
 import signal
 import time
@@ -36,9 +37,17 @@ def settled(client: redis.Redis) -> None:
 
 
 def held_by(client: redis.Redis, worker: WorkerProcess) -> int:
-    """Messages in the worker's own index of delivered, unacknowledged messages."""
+    """Job messages in the worker's own index of delivered, unacknowledged messages (the
+    engine's own tasks, such as the sweep it runs at start, left out)."""
     keys = client.keys(f"unacked_index:{worker.name}-{os.getpid()}@*")
-    return sum(client.zcard(key) for key in keys)
+    tags = [tag for key in keys for tag in client.zrange(key, 0, -1)]
+    messages = client.hmget("unacked", tags) if tags else []
+    return sum(1 for message in messages if message and not _task_of(message).startswith("jobs."))
+
+
+def _task_of(unacked: bytes) -> str:
+    """The task name of an entry of kombu's `unacked` hash: [message, exchange, key]."""
+    return json.loads(unacked)[0]["headers"]["task"]
 
 
 def hold_waiting_jobs(client: redis.Redis, worker: WorkerProcess, seconds: float) -> list[Job]:
