@@ -142,32 +142,41 @@ def admit(
             return claimed or Refusal.DUPLICATE
         if job.held == Held.RATE:
             _cancel_reservation(job, rules)  # missed its turn: it takes a new one
-        if decision == Held.RATE:
+        held, message = decision
+        if held == Held.RATE:
             start = _reserve(job, rules.limits, now)
             job_store().defer(job, start, _rate_message(rules.limits, start), now)
             deferred.append(job)
         else:
-            job_store().hold(job, decision, _hold_message(decision, rules, job), now)
+            job_store().hold(job, held, message, now)
         transaction.on_commit(lambda: dispatch(deferred, now=now))
     return Refusal.HELD
 
 
-def _decide(job: Job, rules: Rules, now: datetime) -> str | None:
-    """What holds `job` back (a Held value), or None when it may start now; a start
-    within the rate limit is taken here (the caller claims in the same transaction)."""
+def _decide(job: Job, rules: Rules, now: datetime) -> tuple[str, str] | None:
+    """What holds `job` back (a Held value, and the message for a pause or a slot), or
+    None when it may start now; a start within the rate limit is taken here (the caller
+    claims in the same transaction)."""
     if rules.paused:
-        return Held.PAUSED
+        return Held.PAUSED, f"Waiting: {rules.paused} is paused"
     limits = rules.limits
     if limits.concurrency is not None and _running(job.type) >= limits.concurrency:
-        return Held.CONCURRENCY
+        return (
+            Held.CONCURRENCY,
+            f"Waiting for a slot: {limits.concurrency} of {job.type} running at most",
+        )
     if (
         limits.owner_concurrency is not None
         and job.owner_id is not None
         and _running(job.type, job.owner_id) >= limits.owner_concurrency
     ):
-        return Held.CONCURRENCY
+        return (
+            Held.CONCURRENCY,
+            f"Waiting for a slot: {limits.owner_concurrency} of {job.type} per owner "
+            "running at most",
+        )
     if not _takes_start(job, limits, now):
-        return Held.RATE
+        return Held.RATE, ""
     return None
 
 
@@ -316,15 +325,6 @@ def _state(key: str) -> LimitState:
 
 
 # --- messages -------------------------------------------------------------------------------
-
-
-def _hold_message(held: str, rules: Rules, job: Job) -> str:
-    if held == Held.PAUSED:
-        return f"Waiting: {rules.paused} is paused"
-    limits = rules.limits
-    if limits.concurrency is not None and _running(job.type) >= limits.concurrency:
-        return f"Waiting for a slot: {limits.concurrency} of {job.type} running at most"
-    return f"Waiting for a slot: {limits.owner_concurrency} of {job.type} per owner running at most"
 
 
 def _rate_message(limits: registry.Limits, start: datetime) -> str:
