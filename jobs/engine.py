@@ -6,6 +6,7 @@ from .api import JobSerializer, job_data
 from .audit import Via
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
+from .followups import register as register_follow_up
 from .models import FINISHED_STATUSES, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
@@ -34,5 +35,6 @@ __all__ = [
     "job_data",
     "job_type",
     "one_line_error",
+    "register_follow_up",
     "retry",
 ]

@@ -33,7 +33,7 @@ from enum import StrEnum
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import registry
+from . import followups, registry
 from .dispatch import dispatch
 from .models import Control, Held, Job, LimitState, Scope, Status
 from .store import job_store
@@ -117,6 +117,7 @@ def admit(
         if not job_store().expire(job, now):
             return Refusal.DUPLICATE
         forget_reserved_starts([job])
+        followups.jobs_ended([job])
         return Refusal.EXPIRED
     if job.run_at and job.run_at > due:
         return Refusal.EARLY

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from . import job_heartbeats, limits, registry
+from . import followups, job_heartbeats, limits, registry
 from .context import JobContext
 from .dispatch import dispatch
 from .errors import JobCancelled, JobLost, JobSnoozed, PermanentError
@@ -177,6 +177,8 @@ def _finish(job: Job, status: str, *, result: Any = None, error: str = "", **fie
         log.warning("Job was no longer held when it ended as %s; outcome discarded", status)
         return Outcome.LOST
     log.info("Job %s", status)
+    job.status = status
+    followups.jobs_ended([job])
     return Outcome(status)
 
 

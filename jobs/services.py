@@ -16,10 +16,10 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import serializers
 
-from . import audit, registry
+from . import audit, followups, registry
 from .dispatch import dispatch, dispatch_new, mark_new
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs, UniqueKeyHeld
-from .models import FINISHED_STATUSES, RETRYABLE_STATUSES, Job, Priority, Status
+from .models import FINISHED_STATUSES, RETRYABLE_STATUSES, EventKind, Job, Priority, Status
 from .store import job_store
 
 
@@ -359,6 +359,8 @@ def cancel(job: Job, *, by=None, via: str | None = None) -> Job:
         if done and via:
             audit.record(by, "cancel", "job", job.id, via=via, type=job.type, outcome=done)
     job.refresh_from_db()
+    if done == EventKind.CANCELLED:
+        followups.jobs_ended([job])
     if job.status in FINISHED_STATUSES and job.status != Status.CANCELLED:
         raise InvalidTransition(job, "cancel")
     return job

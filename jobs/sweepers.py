@@ -17,7 +17,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis import RedisError
 
-from . import broker_loss, limits, worker_loss
+from . import broker_loss, followups, limits, worker_loss
 from .dispatch import dispatch
 from .models import Held, Job, Status, WorkerHeartbeat
 from .store import held, job_store
@@ -38,6 +38,7 @@ def sweep() -> dict[str, int]:
         "expired": expire_overdue(),
         "released": limits.release_held(),
         "dispatched": dispatch_due(),
+        "followed_up": followups.catch_up(),
     }
 
 
@@ -70,6 +71,9 @@ def expire_overdue(now: datetime | None = None) -> int:
     arrives. Returns how many."""
     expired = job_store().expire_overdue(now or timezone.now(), settings.JOBS_SWEEP_BATCH)
     limits.forget_reserved_starts(expired)
+    for job in expired:
+        job.status = Status.EXPIRED
+    followups.jobs_ended(expired)
     if expired:
         log.info("Expired %d job(s) not started before their expiry", len(expired))
     return len(expired)
@@ -99,6 +103,9 @@ def recover_stalled(now: datetime | None = None) -> int:
         )
         if outcome == Status.QUEUED:
             recovered.append(job)
+        elif outcome == Status.FAILED:
+            job.status = Status.FAILED
+            followups.jobs_ended([job])
         handled += outcome is not None
     dispatch(recovered, now=now)
     return handled
@@ -122,6 +129,9 @@ def recover_lost(job_id: str, attempt: int, reason: str, *, send: bool = True) -
     )
     if outcome == Status.QUEUED and send:
         dispatch([job], now=now)
+    elif outcome == Status.FAILED:
+        job.status = Status.FAILED
+        followups.jobs_ended([job])
     return outcome is not None
 
 
