@@ -263,6 +263,9 @@ def cancel_batch(batch: Batch, *, by=None, via: str | None = None) -> Batch:
                 asked_to_stop=len(asked),
             )
         followups.jobs_ended(cancelled)
+    # With nothing left running it ends now, so the caller sees it cancelled.
+    settle(locked.id)
+    locked.refresh_from_db()
     return locked
 
 
