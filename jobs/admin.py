@@ -35,7 +35,7 @@ class JobAdmin(admin.ModelAdmin):
     inlines = [JobEventInline]
     actions = ["retry_jobs", "cancel_jobs"]
     date_hierarchy = "created_at"
-    list_select_related = ["owner"]
+    list_select_related = ["owner", "batch"]
     show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
+from jobs.batches import create_batch
 from jobs.models import Batch, BatchState, Job, OperatorAction, Status
+from jobs.services import JobSpec
 
 pytestmark = pytest.mark.django_db
 
@@ -209,3 +211,19 @@ def test_the_schema_describes_the_batch_endpoints(api):
     assert "304" in paths["/api/batches/{id}/"]["get"]["responses"]
     assert "409" in paths["/api/batches/{id}/cancel/"]["post"]["responses"]
     assert "get" in paths["/api/batches/{id}/jobs/"]
+
+
+def test_the_admin_lists_batches_with_counts_and_links_a_job_to_its_batch(admin_client, user):
+    batch = create_batch([JobSpec("system.noop")] * 3, owner=user, description="album")
+    job = batch.jobs.first()
+
+    listing = admin_client.get("/admin/jobs/batch/").content.decode()
+    page = admin_client.get(f"/admin/jobs/job/{job.id}/change/").content.decode()
+    found = admin_client.get("/admin/jobs/job/", {"q": str(batch.id)}).content.decode()
+
+    assert "album" in listing
+    assert '<td class="field-jobs_count">3</td>' in listing
+    assert f"/admin/jobs/batch/{batch.id}/change/" in page
+    assert all(f"/admin/jobs/job/{j.id}/change/" in found for j in batch.jobs.all())
+    assert admin_client.get(f"/admin/jobs/batch/{batch.id}/change/").status_code == 200
+    assert admin_client.post(f"/admin/jobs/batch/{batch.id}/delete/").status_code == 403
