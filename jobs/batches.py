@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -217,8 +217,12 @@ def callback_data(spec: JobSpec) -> dict[str, Any]:
 
 
 def _fingerprint(specs: Sequence[JobSpec], callbacks: dict, description: str) -> str:
-    """What tells a repeat of a create from another request with the same key."""
-    data = [[asdict(spec) for spec in specs], callbacks, description]
+    """What tells a repeat of a create from another request with the same key: the
+    jobs' types and payloads, and the callbacks' (as a job's key compares them; times
+    given relatively, such as expires_in, differ between a request and its repeat)."""
+    jobs = [[spec.type, spec.payload] for spec in specs]
+    ends = {name: spec and [spec["type"], spec["payload"]] for name, spec in callbacks.items()}
+    data = [jobs, ends, description]
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

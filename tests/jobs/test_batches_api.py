@@ -169,6 +169,16 @@ def test_an_idempotency_key_returns_the_same_batch_and_refuses_another_request(a
     assert Job.objects.count() == 1
 
 
+def test_a_repeat_with_a_relative_expiry_is_still_the_same_request(api):
+    body = {"jobs": [{**SLEEP, "expires_in": 60}], "idempotency_key": "n-2"}
+
+    first = api.post("/api/batches/", body)
+    repeat = api.post("/api/batches/", body)
+
+    assert (first.status_code, repeat.status_code) == (201, 200)
+    assert repeat.json()["id"] == first.json()["id"]
+
+
 def test_the_owner_cancels_a_batch_once(api, user):
     created = create(api, on_complete=NOOP)
     path = f"/api/batches/{created['id']}/cancel/"
