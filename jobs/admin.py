@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Count, Q
 from django_celery_beat.admin import PeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 from rest_framework import serializers
@@ -7,7 +8,7 @@ from rest_framework import serializers
 from . import audit, controls, registry, scheduling, services, visibility
 from .audit import Via
 from .errors import InvalidTransition
-from .models import Control, Job, JobEvent, OperatorAction, Scope
+from .models import ACTIVE_STATUSES, Batch, Control, Job, JobEvent, OperatorAction, Scope, Status
 
 OWNERS_FIELDS = ["payload", "result"]
 
@@ -25,14 +26,16 @@ class JobEventInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "type", "status", "progress", "attempts", "queue", "owner", "created_at"]
+    list_display = [
+        "id", "type", "status", "progress", "attempts", "queue", "owner", "batch", "created_at"
+    ]  # fmt: skip
     list_filter = ["status", "type", "queue", "priority"]
-    search_fields = ["=id", "idempotency_key", "owner__username", "type"]
+    search_fields = ["=id", "idempotency_key", "owner__username", "type", "=batch__id"]
     readonly_fields = [f.name for f in Job._meta.fields]
     inlines = [JobEventInline]
     actions = ["retry_jobs", "cancel_jobs"]
     date_hierarchy = "created_at"
-    list_select_related = ["owner"]
+    list_select_related = ["owner", "batch"]
     show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:
@@ -67,6 +70,53 @@ class JobAdmin(admin.ModelAdmin):
             except InvalidTransition:
                 pass
         self.message_user(request, f"{done} job(s) cancelled or asked to stop.", messages.SUCCESS)
+
+
+@admin.register(Batch)
+class BatchAdmin(admin.ModelAdmin):
+    """Read-only: batches are created and cancelled through the API and the code."""
+
+    list_display = [
+        "id", "description", "owner", "state", "jobs_count", "active_count", "failed_count",
+        "created_at", "finished_at",
+    ]  # fmt: skip
+    list_filter = ["state"]
+    search_fields = ["=id", "description", "owner__username"]
+    readonly_fields = [f.name for f in Batch._meta.fields]
+    list_select_related = ["owner"]
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                jobs_total=Count("jobs"),
+                jobs_active=Count("jobs", filter=Q(jobs__status__in=ACTIVE_STATUSES)),
+                jobs_failed=Count("jobs", filter=Q(jobs__status=Status.FAILED)),
+            )
+        )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="jobs", ordering="jobs_total")
+    def jobs_count(self, batch: Batch) -> int:
+        return batch.jobs_total
+
+    @admin.display(description="queued or running")
+    def active_count(self, batch: Batch) -> int:
+        return batch.jobs_active
+
+    @admin.display(description="failed")
+    def failed_count(self, batch: Batch) -> int:
+        return batch.jobs_failed
 
 
 @admin.register(JobEvent)

@@ -769,7 +769,7 @@ AUDIT_FILTERS = {
 @extend_schema(
     tags=["audit"],
     parameters=[
-        OpenApiParameter("target_kind", str, description="job, queue, type or schedule"),
+        OpenApiParameter("target_kind", str, description="job, batch, queue, type or schedule"),
         OpenApiParameter("target", str, description="A job id, queue, type or schedule name"),
         OpenApiParameter("actor", str, description="The acting user's username"),
         OpenApiParameter("action", str, description="retry, cancel, pause, resume, ..."),

@@ -10,6 +10,7 @@ from .api import (
     JobViewSet,
     TypeLimits,
 )
+from .batch_api import BatchViewSet
 
 
 class ScopeConverter:
@@ -26,6 +27,7 @@ register_converter(ScopeConverter, "scope")
 
 router = SimpleRouter()
 router.register("jobs", JobViewSet, basename="job")
+router.register("batches", BatchViewSet, basename="batch")
 
 urlpatterns = [
     path("job-types/", JobTypeList.as_view(), name="job-types"),

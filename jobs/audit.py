@@ -21,7 +21,7 @@ def record(
     actor, action: str, target_kind: str, target: Any, *, via: str, **detail: Any
 ) -> OperatorAction:
     """Record that `actor` (a user, or None for the application) did `action` to
-    `target` (of `target_kind`: job, queue, type, schedule) through `via`."""
+    `target` (of `target_kind`: job, batch, queue, type, schedule) through `via`."""
     row = _row(actor, action, target_kind, target, via, detail)
     row.save()
     return row

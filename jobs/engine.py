@@ -4,16 +4,29 @@ engine's modules."""
 
 from .api import JobSerializer, job_data
 from .audit import Via
+from .batches import (
+    BatchIdempotencyConflict,
+    BatchNotRunning,
+    batch_finished,
+    batch_of_callback,
+    batch_summary,
+    cancel_batch,
+    create_batch,
+)
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .followups import register as register_follow_up
-from .models import FINISHED_STATUSES, Job, Status
+from .models import FINISHED_STATUSES, Batch, BatchState, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
 from .visibility import one_line_error
 
 __all__ = [
     "FINISHED_STATUSES",
+    "Batch",
+    "BatchIdempotencyConflict",
+    "BatchNotRunning",
+    "BatchState",
     "Enqueued",
     "Exposure",
     "IdempotencyConflict",
@@ -29,7 +42,12 @@ __all__ = [
     "TooManyActiveJobs",
     "Unique",
     "Via",
+    "batch_finished",
+    "batch_of_callback",
+    "batch_summary",
     "cancel",
+    "cancel_batch",
+    "create_batch",
     "enqueue",
     "enqueue_many",
     "job_data",

@@ -92,6 +92,15 @@ class Job(models.Model):
     dispatched_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # The batch it belongs to (jobs/batches.py); indexed by job_batch_status only.
+    batch = models.ForeignKey(
+        "Batch",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        db_index=False,
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -182,6 +191,13 @@ class Job(models.Model):
                 fields=["-finished_at"],
                 condition=Q(status="failed"),
                 name="job_failed_finished",
+            ),
+            # A batch's jobs counted by status (its summary, its settling): partial, so
+            # the jobs outside batches, nearly all of them, cost it nothing.
+            models.Index(
+                fields=["batch", "status"],
+                condition=Q(batch__isnull=False),
+                name="job_batch_status",
             ),
         ]
 
@@ -353,3 +369,82 @@ class OperatorAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.action} {self.target_kind} {self.target}"
+
+
+class BatchState(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class BatchQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "BatchQuerySet":
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+
+class Batch(models.Model):
+    """Jobs created together and followed as one (jobs/batches.py): once none of them is
+    queued or running the batch settles, once, and its callback jobs are created."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # None: the application's own batch. Looked up by batch_owner_created.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="batches",
+        db_index=False,
+    )
+    description = models.CharField(max_length=200, blank=True, default="")
+    state = models.CharField(max_length=16, choices=BatchState.choices, default=BatchState.RUNNING)
+    cancel_requested = models.BooleanField(default=False)
+    # Job specs (type, payload, priority, max_attempts, time_limit) created when the
+    # batch settles: on_success only when it succeeded, on_complete however it ended.
+    on_success = models.JSONField(null=True, blank=True)
+    on_complete = models.JSONField(null=True, blank=True)
+    success_job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    complete_job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The jobs that failed or expired, as the batch settled.
+    failed_job_ids = models.JSONField(default=list, blank=True)
+    # NULL, not "", for "no key", as on jobs; `fingerprint` tells a repeat of the same
+    # request from another request with the same key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    fingerprint = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BatchQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(owner__isnull=False, idempotency_key__isnull=False),
+                name="batch_unique_key_per_owner",
+            ),
+        ]
+        indexes = [
+            # GET /api/batches/ as a user; and the cascade of a deleted user.
+            models.Index(fields=["owner", "-created_at"], name="batch_owner_created"),
+            # ... as staff.
+            models.Index(fields=["-created_at"], name="batch_created"),
+            # The sweeper's catch-up: the few batches still running.
+            models.Index(fields=["created_at"], condition=Q(state="running"), name="batch_running"),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state != BatchState.RUNNING

@@ -104,8 +104,9 @@ def enqueue(
     return outcome
 
 
-def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
-    """Create many jobs in one transaction and dispatch them in broker batches.
+def enqueue_many(specs: Sequence[JobSpec], *, owner=None, batch=None) -> list[Enqueued]:
+    """Create many jobs in one transaction and dispatch them in broker batches; with
+    `batch`, as that batch's jobs (jobs/batches.py).
 
     Every spec is validated first; if any is invalid, a `ValidationError` keyed by
     the spec's index is raised and nothing is written. Idempotency keys and unique
@@ -124,7 +125,9 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
                 )
             if spec.idempotency_key:
                 keys_seen.add(spec.idempotency_key)
-            jobs.append(_build_job(spec, payload, owner))
+            job = _build_job(spec, payload, owner)
+            job.batch = batch
+            jobs.append(job)
         except registry.UnknownJobType as exc:
             errors[str(index)] = {"type": [str(exc)]}
         except serializers.ValidationError as exc:

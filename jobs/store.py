@@ -506,6 +506,41 @@ class JobStore:
                 return EventKind.CANCEL_REQUESTED
         return None
 
+    def cancel_many(
+        self, job_ids: Iterable[Any], now: datetime, note: str = ""
+    ) -> tuple[list[Job], list[Any]]:
+        """`cancel` for many jobs in one transaction (a batch's): the queued ones are
+        cancelled, the running ones asked to stop. Returns the jobs cancelled, as they
+        now are, and the ids of those asked to stop."""
+        with transaction.atomic():
+            rows = list(
+                Job.objects.select_for_update()
+                .filter(id__in=list(job_ids), status__in=ACTIVE_STATUSES)
+                .order_by("id")
+                .values_list("id", "status", "attempts", "cancel_requested")
+            )
+            queued = [(i, note, a) for i, status, a, _ in rows if status == Status.QUEUED]
+            running = [
+                (i, note, a)
+                for i, status, a, asking in rows
+                if status == Status.RUNNING
+                if not asking
+            ]
+            Job.objects.filter(id__in=[i for i, _, _ in queued]).update(
+                status=Status.CANCELLED,
+                finished_at=now,
+                updated_at=now,
+                message="Cancelled",
+                held=Held.NO,
+            )
+            Job.objects.filter(id__in=[i for i, _, _ in running]).update(
+                cancel_requested=True, updated_at=now, message="Cancelling"
+            )
+            self._add_events(EventKind.CANCELLED, queued, now)
+            self._add_events(EventKind.CANCEL_REQUESTED, running, now)
+        cancelled = list(Job.objects.filter(id__in=[i for i, _, _ in queued]))
+        return cancelled, [i for i, _, _ in running]
+
     def retry(self, job_ids: Iterable[Any], now: datetime, note: str = "") -> list[Job]:
         """Put the failed, cancelled or expired jobs among `job_ids` back in the queue
         with a fresh round of attempts; returns them as they now are. An expiry that has

@@ -19,7 +19,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from PIL import Image as PILImage
 
-from jobs.models import Job, Status
+from jobs.models import Batch, Job, Status
 from jobsite.auth import RefreshToken
 from notes.models import Image, ImageStatus, Page, Task
 from reports.models import Report
@@ -172,9 +172,12 @@ class World:
             type="system.noop", owner=owner, status=Status.FAILED, error="boom"
         )
         image = _stored_image(owner)
+        batch = Batch.objects.create(owner=owner)
+        Job.objects.create(type="system.noop", owner=owner, batch=batch)
         return cls(
             {
                 "job": job.id,
+                "batch": batch.id,
                 "failed_job": failed_job.id,
                 "page": Page.objects.create(owner=owner, title="Garden", content="Roses").id,
                 "image": image.id,
@@ -237,7 +240,9 @@ def _refresh_token(user):
 
 def placeholder_world() -> World:
     """Values of the right shape for resolving rows' paths without a database."""
-    values = dict.fromkeys(["job", "failed_job", "report", "failed_report", "ready_report"])
+    values = dict.fromkeys(
+        ["job", "failed_job", "batch", "report", "failed_report", "ready_report"]
+    )
     values = {name: "00000000-0000-4000-8000-000000000000" for name in values}
     values.update(page=1, image=1, task=1, refresh_token="-")
     return World(values)

@@ -124,6 +124,19 @@ SUCCESSES = [
     ("POST", "/api/jobs/{id}/cancel/", 200, "user", lambda w: object_id(w, "job")),
     ("POST", "/api/jobs/{id}/retry/", 202, "user", lambda w: object_id(w, "failed_job")),
     ("GET", "/api/jobs/{id}/status/", 200, "user", lambda w: object_id(w, "job")),
+    ("GET", "/api/batches/", 200, "user", lambda w: {}),
+    (
+        "POST",
+        "/api/batches/",
+        201,
+        "user",
+        lambda w: {
+            "body": {"jobs": [{"type": "system.noop"}], "on_complete": {"type": "system.noop"}}
+        },
+    ),
+    ("GET", "/api/batches/{id}/", 200, "user", lambda w: object_id(w, "batch")),
+    ("POST", "/api/batches/{id}/cancel/", 200, "user", lambda w: object_id(w, "batch")),
+    ("GET", "/api/batches/{id}/jobs/", 200, "user", lambda w: object_id(w, "batch")),
     ("GET", "/api/reports/", 200, "user", lambda w: {}),
     ("POST", "/api/reports/", 202, "user", lambda w: {"body": {"kind": "job_activity"}}),
     ("GET", "/api/reports/{id}/", 200, "user", lambda w: object_id(w, "report")),

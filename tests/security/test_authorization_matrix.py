@@ -79,6 +79,12 @@ TABLE: list[Row] = [
     row("POST",  "/api/jobs/{job}/cancel/",               401,   200,   404,   403,   200),
     row("POST",  "/api/jobs/{failed_job}/retry/",         401,   202,   404,   403,   202),
     row("GET",   "/api/jobs/{job}/status/",               401,   200,   404,   200,   200),
+    # --- batches: as jobs
+    row("GET",   "/api/batches/",                         401,   200,   200,   200,   200),
+    row("POST",  "/api/batches/",                         401,   201,   201,   201,   201),
+    row("GET",   "/api/batches/{batch}/",                 401,   200,   404,   200,   200),
+    row("POST",  "/api/batches/{batch}/cancel/",          401,   200,   404,   403,   200),
+    row("GET",   "/api/batches/{batch}/jobs/",            401,   200,   404,   200,   200),
     # --- operators' controls and audit log: staff; acting takes jobs.pause_jobs or
     # jobs.change_limits
     row("GET",   "/api/controls/",                        401,   403,   403,   200,   200),
@@ -147,6 +153,7 @@ TABLE: list[Row] = [
     row("POST",  "/admin/jobs/job/",                      LOGIN, LOGIN, LOGIN, 403,   302),
     row("GET",   "/admin/jobs/job/{job}/change/",         LOGIN, LOGIN, LOGIN, 403,   200),
     row("GET",   "/admin/notes/page/",                    LOGIN, LOGIN, LOGIN, 403,   200),
+    row("GET",   "/admin/jobs/batch/",                    LOGIN, LOGIN, LOGIN, 403,   200),
     row("GET",   "/admin/jobs/control/",                  LOGIN, LOGIN, LOGIN, 403,   200),
     row("GET",   "/admin/jobs/operatoraction/",           LOGIN, LOGIN, LOGIN, 403,   200),
     # ... and django.contrib.auth
@@ -169,6 +176,7 @@ BODIES: dict[tuple[str, str], Body] = {
     ),
     ("POST", "/api/jobs/"): json_body({"type": "system.noop"}),
     ("POST", "/api/jobs/bulk/"): json_body({"jobs": [{"type": "system.noop"}]}),
+    ("POST", "/api/batches/"): json_body({"jobs": [{"type": "system.noop"}]}),
     ("POST", "/api/reports/"): json_body({"kind": "job_activity"}),
     ("POST", "/api/notes/pages/"): json_body({"title": "Kitchen"}),
     ("PUT", "/api/notes/pages/{page}/"): json_body({"title": "Garden", "content": "Tulips"}),
