@@ -9,7 +9,7 @@ from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooM
 from .followups import register as register_follow_up
 from .models import FINISHED_STATUSES, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
-from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
+from .services import Enqueued, JobSpec, cancel, chain, enqueue, enqueue_many, retry
 from .visibility import one_line_error
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Unique",
     "Via",
     "cancel",
+    "chain",
     "enqueue",
     "enqueue_many",
     "job_data",
