@@ -454,12 +454,12 @@ class JobStore:
         with transaction.atomic():
             rows = [JobDependency(job_id=j.id, depends_on_id=d) for j, deps in links for d in deps]
             JobDependency.objects.bulk_create(rows, batch_size=1000)
-            waiting = [
-                (job.id, "Waiting for " + ", ".join(str(d) for d in deps), 0)
-                for job, deps in links
-                if job.held == Held.DEPENDENCIES
-            ]
-            self._add_events(EventKind.HELD, waiting, now)
+            for job, deps in links:
+                if job.held == Held.DEPENDENCIES:
+                    # Not before its `created` event, which is at the row's created_at.
+                    at = max(now, job.created_at or now)
+                    text = "Waiting for " + ", ".join(str(d) for d in deps)
+                    self._add_event(job, EventKind.HELD, at, text)
 
     def release_waiting(self, job: Job, reason: str, now: datetime) -> bool:
         """Let a job waiting for its dependencies start: it waits for a message (its

@@ -388,3 +388,98 @@ def test_the_dependency_rows_are_unique(step, user):
     job = create(step, user, depends_on=[first.id, first.id, str(first.id)])
 
     assert JobDependency.objects.filter(job=job).count() == 1
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+def test_the_api_creates_a_waiting_job_and_shows_what_it_waits_for(api, user):
+    first = api.post("/api/jobs/", {"type": "system.noop"}).json()
+
+    response = api.post(
+        "/api/jobs/",
+        {"type": "system.noop", "depends_on": [first["id"]], "on_dependency_failure": "run"},
+    )
+
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert created["depends_on"] == [first["id"]]
+    assert created["on_dependency_failure"] == "run"
+    assert created["message"] == "Waiting for 1 job it depends on"
+    shown = api.job(created["id"])
+    assert shown["depends_on"] == [first["id"]]
+    assert [e["kind"] for e in shown["events"]] == ["created", "held"]
+    assert api.get(f"/api/jobs/{created['id']}/status/").json()["message"] == (
+        "Waiting for 1 job it depends on"
+    )
+    listed = api.get("/api/jobs/").json()["results"]
+    assert {j["id"]: j["depends_on"] for j in listed} == {
+        first["id"]: [],
+        created["id"]: [first["id"]],
+    }
+
+
+def test_the_api_refuses_another_users_job_without_telling_it_exists(api, other_api, user):
+    theirs = other_api.post("/api/jobs/", {"type": "system.noop"}).json()
+    missing = str(uuid.uuid4())
+
+    answers = [
+        api.post("/api/jobs/", {"type": "system.noop", "depends_on": [dep]})
+        for dep in (theirs["id"], missing)
+    ]
+
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].json()["errors"]["depends_on"] == [f"No job of yours with id {theirs['id']}."]
+    assert answers[1].json()["errors"]["depends_on"] == [f"No job of yours with id {missing}."]
+    assert not Job.objects.filter(owner=user).exists()
+
+
+def test_the_bulk_api_takes_references_and_names_bad_ones(api, other_api):
+    theirs = other_api.post("/api/jobs/", {"type": "system.noop"}).json()
+    noop = {"type": "system.noop"}
+
+    refused = api.post(
+        "/api/jobs/bulk/",
+        {"jobs": [noop, {**noop, "depends_on": ["$0"]}, {**noop, "depends_on": [theirs["id"]]}]},
+    )
+    assert refused.status_code == 400
+    assert list(refused.json()["errors"]["jobs"]) == ["2"]
+    assert "depends_on" in refused.json()["errors"]["jobs"]["2"]
+    assert JobDependency.objects.count() == 0
+
+    created = api.post("/api/jobs/bulk/", {"jobs": [noop, {**noop, "depends_on": ["$0"]}]})
+    assert created.status_code == 202, created.text
+    first, second = created.json()["jobs"]
+    assert api.job(second["id"])["depends_on"] == [first["id"]]
+
+
+def test_anonymous_callers_cannot_create_waiting_jobs(anonymous_api, step):
+    response = anonymous_api.post(
+        "/api/jobs/", {"type": "system.noop", "depends_on": [str(uuid.uuid4())]}
+    )
+
+    assert response.status_code == 401
+
+
+def test_staff_see_what_a_users_job_waits_for(api, staff_api):
+    first = api.post("/api/jobs/", {"type": "system.noop"}).json()
+    waiting = api.post("/api/jobs/", {"type": "system.noop", "depends_on": [first["id"]]}).json()
+
+    assert staff_api.job(waiting["id"])["depends_on"] == [first["id"]]
+    # ... but the staff's own jobs may not wait for it: the same owner rule.
+    refused = staff_api.post("/api/jobs/", {"type": "system.noop", "depends_on": [first["id"]]})
+    assert refused.status_code == 400
+    assert "depends_on" in refused.json()["errors"]
+
+
+def test_the_schema_describes_the_dependency_fields(api):
+    schema = api.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"}).json()
+    components = schema["components"]["schemas"]
+
+    create = components["JobCreate"]["properties"]
+    assert create["depends_on"]["type"] == "array"
+    assert create["depends_on"]["maxItems"] == 100
+    assert "on_dependency_failure" in create
+    shown = components["Job"]["properties"]
+    assert shown["depends_on"]["items"]["format"] == "uuid"
+    assert "on_dependency_failure" in shown
