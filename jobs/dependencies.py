@@ -222,4 +222,4 @@ def ids_of(job: Job) -> list[str]:
     known = getattr(job, "dependency_ids", None)
     if known is not None:
         return [str(i) for i in known]
-    return [str(d.depends_on_id) for d in job.dependencies.all()]
+    return [str(d.depends_on_id) for d in sorted(job.dependencies.all(), key=lambda d: d.pk)]
