@@ -139,17 +139,21 @@ def _enqueue_waiting(job: Job, depends_on: list[uuid.UUID], owner) -> Enqueued:
             job_store().insert(job)
             outcome = Enqueued(job, created=True)
         if outcome.created:
-            _add_dependencies([(job, depends_on)], now)
+            _add_dependencies([(job, depends_on)], {job.id}, now)
             transaction.on_commit(lambda: dispatch_new([job]))
     return outcome
 
 
-def _add_dependencies(links: list[tuple[Job, list[uuid.UUID]]], now: datetime) -> None:
-    """Record what the new jobs wait for and decide for those written waiting, the
-    dependencies locked: one that ended since it was read is seen now, one that ends
-    later waits for this transaction and its follow-up then finds the new jobs."""
+def _add_dependencies(
+    links: list[tuple[Job, list[uuid.UUID]]], created: set[uuid.UUID], now: datetime
+) -> None:
+    """Record what the new jobs wait for and decide for those written waiting on jobs
+    that existed before, the dependencies locked: one that ended since it was read is
+    seen now, one that ends later waits for this transaction and its follow-up then
+    finds the new jobs. (A job waiting only on jobs `created` in its own request is
+    decided by their ends, like any other.)"""
     job_store().add_dependencies(links, now)
-    waiting = [job for job, _ in links if job.held]
+    waiting = [job for job, deps in links if job.held and not created.issuperset(deps)]
     if waiting and dependencies.settle([job.id for job in waiting], now):
         fresh = {j.id: j for j in Job.objects.filter(id__in=[job.id for job in waiting])}
         for job in waiting:
@@ -230,7 +234,7 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
                 results.append(Enqueued(job, created=True))
         job_store().insert_many(new_jobs, now)
         created = {o.job.id for o in results if o.created}
-        _add_dependencies([(job, ids) for job, ids in links if job.id in created], now)
+        _add_dependencies([(job, ids) for job, ids in links if job.id in created], created, now)
         sent = [*created_one_by_one, *new_jobs]
         transaction.on_commit(lambda: dispatch_new(sent))
     return results

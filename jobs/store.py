@@ -454,12 +454,15 @@ class JobStore:
         with transaction.atomic():
             rows = [JobDependency(job_id=j.id, depends_on_id=d) for j, deps in links for d in deps]
             JobDependency.objects.bulk_create(rows, batch_size=1000)
+            by_moment: dict[datetime, list[tuple[Any, str, int]]] = {}
             for job, deps in links:
                 if job.held == Held.DEPENDENCIES:
                     # Not before its `created` event, which is at the row's created_at.
                     at = max(now, job.created_at or now)
                     text = "Waiting for " + ", ".join(str(d) for d in deps)
-                    self._add_event(job, EventKind.HELD, at, text)
+                    by_moment.setdefault(at, []).append((job.id, text, 0))
+            for at, events in by_moment.items():
+                self._add_events(EventKind.HELD, events, at)
 
     def release_waiting(self, job: Job, reason: str, now: datetime) -> bool:
         """Let a job waiting for its dependencies start: it waits for a message (its

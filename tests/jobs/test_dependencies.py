@@ -234,6 +234,26 @@ def test_a_bulk_spec_may_wait_for_an_earlier_one(step, user):
     assert run(second.job) == "succeeded"
 
 
+def test_a_bulk_job_cancelled_at_once_cancels_those_waiting_on_it(step, failing, user):
+    bad = create(failing, user)
+    run(bad)
+
+    first, second, third = services.enqueue_many(
+        [
+            JobSpec(step, depends_on=[str(bad.id)]),
+            JobSpec(step, depends_on=["$0"]),
+            JobSpec(step, depends_on=["$1"], on_dependency_failure="run"),
+        ],
+        owner=user,
+    )
+
+    assert first.job.status == Status.CANCELLED
+    assert reloaded(second.job).status == Status.CANCELLED
+    assert reloaded(second.job).message == f"Dependency {first.job.id} cancelled"
+    assert reloaded(third.job).held == Held.NO
+    assert run(third.job) == "succeeded"
+
+
 def test_a_bulk_reference_must_name_an_earlier_spec(step, user):
     with pytest.raises(serializers.ValidationError) as exc:
         services.enqueue_many([JobSpec(step, depends_on=["$1"]), JobSpec(step)], owner=user)
