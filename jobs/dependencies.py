@@ -7,9 +7,12 @@ released once they have all ended).
 Nothing polls: the follow-up registered here (`after_end`) decides for the jobs waiting
 on each job that ends, and its `catch_up` decides for the waiting jobs whose
 dependencies ended while no follow-up ran (a crash in between). Deciding locks the
-waiting job's row, and its dependencies' rows while it reads them, so two dependencies
-ending at once release it once, and a dependency ending while a job that waits for it
-is being created waits for that create to commit (then its follow-up sees the new job).
+waiting job's row and reads its dependencies after the lock is granted, so two
+dependencies ending at once release it once, and each end's follow-up, which runs after
+that end committed, sees it. A job created waiting is decided again once its create
+commits (jobs/services.py): a dependency that ended meanwhile is seen then, or its
+follow-up, running after its end committed, finds the new job. No row is locked but the
+one decided, so deciding cannot deadlock with creates, ends or heartbeats.
 
 A dependency retried after it failed does not revive the jobs it already cancelled;
 retrying such a job runs it without waiting again.
@@ -133,7 +136,7 @@ def settle(job_ids: Iterable[Any], now: datetime | None = None) -> int:
     for job_id in job_ids:
         with transaction.atomic():
             job = (
-                Job.objects.select_for_update()
+                Job.objects.select_for_update(no_key=True)
                 .filter(id=job_id, status=Status.QUEUED, held=Held.DEPENDENCIES)
                 .first()
             )
@@ -151,14 +154,9 @@ def settle(job_ids: Iterable[Any], now: datetime | None = None) -> int:
 
 
 def _dependency_statuses(job_id: Any) -> list[tuple[Any, str]]:
-    """(id, status) of the job's dependencies, their rows locked until the transaction
-    ends so that none ends unseen while the decision is made."""
-    ids = list(JobDependency.objects.filter(job_id=job_id).values_list("depends_on_id", flat=True))
+    """(id, status) of the job's dependencies, as committed when this is read."""
     return list(
-        Job.objects.select_for_update(no_key=True)
-        .filter(id__in=ids)
-        .order_by("id")
-        .values_list("id", "status")
+        Job.objects.filter(dependents__job_id=job_id).order_by("id").values_list("id", "status")
     )
 
 

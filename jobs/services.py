@@ -126,7 +126,7 @@ def enqueue(
 
 def _enqueue_waiting(job: Job, depends_on: list[uuid.UUID], owner) -> Enqueued:
     """Create `job` waiting for the jobs `depends_on`, in one transaction with the rows
-    that say so; decided at once, on the locked dependencies, if it need not wait."""
+    that say so (not held at all when they all succeeded already)."""
     statuses = dependencies.statuses_of(owner, depends_on)
     dependencies.check_owned(depends_on, statuses)
     now = timezone.now()
@@ -138,29 +138,43 @@ def _enqueue_waiting(job: Job, depends_on: list[uuid.UUID], owner) -> Enqueued:
         else:
             job_store().insert(job)
             outcome = Enqueued(job, created=True)
+        waiting = []
         if outcome.created:
-            _add_dependencies([(job, depends_on)], {job.id}, now)
+            waiting = _add_dependencies([(job, depends_on)], {job.id}, now)
             transaction.on_commit(lambda: dispatch_new([job]))
+    _refresh_decided(waiting)
     return outcome
 
 
 def _add_dependencies(
     links: list[tuple[Job, list[uuid.UUID]]], created: set[uuid.UUID], now: datetime
 ) -> None:
-    """Record what the new jobs wait for and decide for those written waiting on jobs
-    that existed before, the dependencies locked: one that ended since it was read is
-    seen now, one that ends later waits for this transaction and its follow-up then
-    finds the new jobs. (A job waiting only on jobs `created` in its own request is
-    decided by their ends, like any other.)"""
+    """Record what the new jobs wait for. Those written waiting on jobs from before are
+    decided again once this transaction commits (returned): a dependency whose end
+    committed before that decision is seen by it; one whose end commits after it runs
+    its follow-up later still, which finds the new jobs committed. Either way none is
+    left waiting for a job that has ended. (Jobs waiting only on jobs `created` with
+    them are decided by those jobs' ends, like any other.)"""
     job_store().add_dependencies(links, now)
-    waiting = [job for job, deps in links if job.held and not created.issuperset(deps)]
-    if waiting and dependencies.settle([job.id for job in waiting], now):
-        fresh = {j.id: j for j in Job.objects.filter(id__in=[job.id for job in waiting])}
-        for job in waiting:
-            for name in ("status", "held", "message", "dispatched_at", "finished_at"):
-                setattr(job, name, getattr(fresh[job.id], name))
     for job, deps in links:
         job.dependency_ids = deps
+    waiting = [job for job, deps in links if job.held and not created.issuperset(deps)]
+    if waiting:
+        ids = [job.id for job in waiting]
+        # Robust: the sweeper's catch-up decides them if this fails.
+        transaction.on_commit(lambda: dependencies.settle(ids), robust=True)
+    return waiting
+
+
+def _refresh_decided(jobs: list[Job]) -> None:
+    """Show the new jobs as their decision after the commit left them; inside a caller's
+    transaction that decision is still to come."""
+    if not jobs or transaction.get_connection().in_atomic_block:
+        return
+    fresh = {j.id: j for j in Job.objects.filter(id__in=[job.id for job in jobs])}
+    for job in jobs:
+        for name in ("status", "held", "message", "dispatched_at", "finished_at"):
+            setattr(job, name, getattr(fresh[job.id], name))
 
 
 def chain(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
@@ -234,9 +248,11 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
                 results.append(Enqueued(job, created=True))
         job_store().insert_many(new_jobs, now)
         created = {o.job.id for o in results if o.created}
-        _add_dependencies([(job, ids) for job, ids in links if job.id in created], created, now)
+        linked = [(job, ids) for job, ids in links if job.id in created]
+        waiting = _add_dependencies(linked, created, now)
         sent = [*created_one_by_one, *new_jobs]
         transaction.on_commit(lambda: dispatch_new(sent))
+    _refresh_decided(waiting)
     return results
 
 
