@@ -10,7 +10,12 @@ from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import exceptions, generics, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -20,10 +25,19 @@ from rest_framework.views import APIView
 
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
-from . import controls, queries, registry, services, visibility
+from . import controls, dependencies, queries, registry, services, visibility
 from .audit import Via
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
-from .models import RETRYABLE_STATUSES, Job, JobEvent, OperatorAction, Priority, Scope, Status
+from .models import (
+    RETRYABLE_STATUSES,
+    Job,
+    JobEvent,
+    OnDependencyFailure,
+    OperatorAction,
+    Priority,
+    Scope,
+    Status,
+)
 from .store import job_store
 
 PRIORITY_NAMES = [p.label for p in Priority]
@@ -59,6 +73,9 @@ class JobFieldsSerializer(serializers.ModelSerializer):
         help_text="Staff see the traceback; everyone else the exception's type and message.",
     )
     duration_seconds = serializers.FloatField(allow_null=True, read_only=True)
+    depends_on = serializers.SerializerMethodField(
+        help_text="Ids of the jobs this one waits for; while it waits, `message` says so."
+    )
 
     class Meta:
         model = Job
@@ -88,8 +105,14 @@ class JobFieldsSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
             "duration_seconds",
+            "depends_on",
+            "on_dependency_failure",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_depends_on(self, job: Job) -> list[str]:
+        return dependencies.ids_of(job)
 
 
 def viewer_of(context: dict) -> visibility.Viewer:
@@ -171,6 +194,21 @@ class JobCreateSerializer(serializers.Serializer):
         allow_null=True,
         help_text="Seconds a run may take, from 1 to the type's soft_time_limit.",
     )
+    depends_on = serializers.ListField(
+        child=serializers.CharField(max_length=40),
+        required=False,
+        max_length=settings.JOBS_MAX_DEPENDENCIES,
+        help_text=(
+            "Ids of your jobs this one waits for: it starts once they all succeeded. "
+            'In a bulk create, "$<index>" names the job of an earlier item of the request.'
+        ),
+    )
+    on_dependency_failure = serializers.ChoiceField(
+        choices=OnDependencyFailure.values,
+        default=OnDependencyFailure.CANCEL,
+        help_text="If a job it waits for fails, is cancelled or expires: cancel this one, "
+        "or run it anyway once they all ended.",
+    )
 
     @property
     def user(self):
@@ -247,6 +285,8 @@ class JobCreateSerializer(serializers.Serializer):
             expires_at=data.get("expires_at"),
             max_attempts=data.get("max_attempts"),
             time_limit=data.get("time_limit"),
+            depends_on=data.get("depends_on") or [],
+            on_dependency_failure=data["on_dependency_failure"],
         )
 
 
@@ -323,7 +363,11 @@ class JobViewSet(viewsets.GenericViewSet):
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
     def get_queryset(self):
-        return Job.objects.visible_to(self.request.user).select_related("owner")
+        return (
+            Job.objects.visible_to(self.request.user)
+            .select_related("owner")
+            .prefetch_related("dependencies")
+        )
 
     def get_object(self) -> Job:
         return get_object_or_404(self.get_queryset(), id=uuid_or_404(self.kwargs["pk"]))
@@ -391,6 +435,8 @@ class JobViewSet(viewsets.GenericViewSet):
                 expires_at=spec.expires_at,
                 max_attempts=spec.max_attempts,
                 time_limit=spec.time_limit,
+                depends_on=spec.depends_on,
+                on_dependency_failure=spec.on_dependency_failure,
             )
         except IdempotencyConflict as exc:
             return _job_conflict(exc, "idempotency_conflict")
@@ -584,6 +630,7 @@ class HeldSerializer(serializers.Serializer):
     paused = serializers.IntegerField(required=False)
     concurrency = serializers.IntegerField(required=False)
     rate = serializers.IntegerField(required=False)
+    dependencies = serializers.IntegerField(required=False)
 
 
 class QueueControlSerializer(serializers.Serializer):

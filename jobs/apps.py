@@ -10,12 +10,13 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from . import batches, signals, tasks  # noqa: F401 (signals connects the worker's handlers)
+        from . import batches, dependencies, signals, tasks  # noqa: F401 (signals connects the worker's handlers)
 
         # Each app registers its job types in its own `jobs.py`; each type then gets its task.
         autodiscover_modules("jobs")
         tasks.bind_job_types()
         batches.register_follow_up()
+        dependencies.register()
         post_migrate.connect(sync_schedules_after_migrate, sender=self)
 
 

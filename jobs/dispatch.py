@@ -39,7 +39,7 @@ def mark_new(jobs: Sequence[Job], now: datetime) -> None:
     if messages.publishing_paused():
         return
     for job in jobs:
-        if sends_now(job, now):
+        if not job.held and sends_now(job, now):
             job.dispatched_at = now
 
 

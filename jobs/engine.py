@@ -18,7 +18,7 @@ from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooM
 from .followups import register as register_follow_up
 from .models import FINISHED_STATUSES, Batch, BatchState, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
-from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
+from .services import Enqueued, JobSpec, cancel, chain, enqueue, enqueue_many, retry
 from .visibility import one_line_error
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "cancel",
     "cancel_batch",
     "create_batch",
+    "chain",
     "enqueue",
     "enqueue_many",
     "job_data",

@@ -113,6 +113,10 @@ def admit(
         return Refusal.MISSING
     if job.status != Status.QUEUED:
         return Refusal.DUPLICATE
+    if job.held == Held.DEPENDENCIES:
+        # Only the end of its dependencies releases it (and sends it a new message); a
+        # job never goes back to waiting for them, so this read cannot be stale.
+        return Refusal.HELD
     if job.expires_at and job.expires_at <= now:
         if not job_store().expire(job, now):
             return Refusal.DUPLICATE

@@ -155,7 +155,7 @@ def history_families() -> Iterator[GaugeMetricFamily]:
     yield from (finished, wait, run)
     jobs = GaugeMetricFamily(
         "jobsite_queue_jobs",
-        "Jobs in the database per queue: waiting, held (by a pause or a limit) or running",
+        "Jobs in the database per queue: waiting, held (a pause, a limit, dependencies) or running",
         labels=["queue", "state"],
     )
     for row in history.queue_depths():
@@ -180,7 +180,7 @@ def paused_queues_and_types() -> GaugeMetricFamily:
 def held_jobs() -> GaugeMetricFamily:
     family = GaugeMetricFamily(
         "jobsite_jobs_held",
-        "Queued jobs held back by a pause or a limit, by type and reason",
+        "Queued jobs held back by a pause, a limit or dependencies, by type and reason",
         labels=["type", "reason"],
     )
     by_type: dict[tuple[str, str], int] = {}

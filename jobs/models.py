@@ -29,6 +29,15 @@ class Held(models.TextChoices):
     PAUSED = "paused", "Paused"
     CONCURRENCY = "concurrency", "Concurrency limit"
     RATE = "rate", "Rate limit"  # holds a start reserved for its run_at
+    # Waits for the jobs it depends on to end; the end of the last one releases it.
+    DEPENDENCIES = "dependencies", "Dependencies"
+
+
+class OnDependencyFailure(models.TextChoices):
+    """What a job does when a job it depends on failed, was cancelled or expired."""
+
+    CANCEL = "cancel", "Cancel"
+    RUN = "run", "Run anyway"
 
 
 class Priority(models.IntegerChoices):
@@ -89,6 +98,9 @@ class Job(models.Model):
     # active job may hold; NULL for everything else, which the constraint ignores.
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     held = models.CharField(max_length=16, choices=Held.choices, blank=True, default=Held.NO)
+    on_dependency_failure = models.CharField(
+        max_length=8, choices=OnDependencyFailure.choices, default=OnDependencyFailure.CANCEL
+    )
     dispatched_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
@@ -185,6 +197,12 @@ class Job(models.Model):
                 fields=["expires_at"],
                 condition=Q(status="queued", expires_at__isnull=False),
                 name="job_queued_expiring",
+            ),
+            # The dependencies' catch-up: the few queued rows waiting for other jobs.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(status="queued", held="dependencies"),
+                name="job_waiting_dependencies",
             ),
             # The dashboard's failed list: status = 'failed' ORDER BY finished_at DESC.
             models.Index(
@@ -448,3 +466,21 @@ class Batch(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state != BatchState.RUNNING
+
+
+class JobDependency(models.Model):
+    """`job` waits for `depends_on` to succeed (jobs/dependencies.py)."""
+
+    # Looked up by the unique (job, depends_on) index, which starts with job_id.
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="dependencies", db_index=False
+    )
+    depends_on = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependents")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "depends_on"], name="jobdependency_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} after {self.depends_on_id}"

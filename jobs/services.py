@@ -1,11 +1,12 @@
 """The engine's public operations on jobs: creating them (`enqueue`, the one way in, and
-`enqueue_many`), cancelling and retrying them."""
+`enqueue_many`, `chain`), cancelling and retrying them."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,10 +17,18 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import serializers
 
-from . import audit, followups, registry
+from . import audit, dependencies, followups, registry
 from .dispatch import dispatch, dispatch_new, mark_new
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs, UniqueKeyHeld
-from .models import FINISHED_STATUSES, RETRYABLE_STATUSES, EventKind, Job, Priority, Status
+from .models import (
+    FINISHED_STATUSES,
+    RETRYABLE_STATUSES,
+    EventKind,
+    Job,
+    OnDependencyFailure,
+    Priority,
+    Status,
+)
 from .store import job_store
 
 
@@ -44,6 +53,11 @@ class JobSpec:
     # limit in seconds of at most its soft_time_limit.
     max_attempts: int | None = None
     time_limit: int | None = None
+    # Jobs of the same owner this one waits for (ids; in `enqueue_many` also "$i", the
+    # job of the request's spec i < this one's), and what it does if one of them does
+    # not succeed: "cancel" or "run" anyway (jobs/dependencies.py).
+    depends_on: list[uuid.UUID | str] = field(default_factory=list)
+    on_dependency_failure: str = OnDependencyFailure.CANCEL
 
 
 # --- creating jobs -------------------------------------------------------------------
@@ -76,6 +90,8 @@ def enqueue(
     expires_at: datetime | None = None,
     max_attempts: int | None = None,
     time_limit: int | None = None,
+    depends_on: Sequence[uuid.UUID | str] | None = None,
+    on_dependency_failure: str = OnDependencyFailure.CANCEL,
 ) -> Enqueued:
     """Create a job and send it to its queue once the surrounding transaction commits.
 
@@ -85,12 +101,16 @@ def enqueue(
     returns that job (created=False), its payload replaced when the type debounces.
     A job with `expires_at` that has not started by then ends as expired;
     `max_attempts` and `time_limit` (seconds) override the type's within its bounds
-    (`override_errors`).
+    (`override_errors`). With `depends_on` (ids of the owner's jobs), it waits until
+    they all succeeded (jobs/dependencies.py).
     """
     spec = JobSpec(
         type_name, payload, idempotency_key, priority, run_at, expires_at, max_attempts, time_limit
     )
+    spec.on_dependency_failure = on_dependency_failure
     job = _build_job(spec, validate_payload(type_name, payload), owner)
+    if depends_on:
+        return _enqueue_waiting(job, dependencies.parse(list(depends_on)), owner)
     mark_new([job], timezone.now())
     if not idempotency_key and not job.unique_key:
         # The store writes the row and its events atomically: no transaction needed here.
@@ -104,20 +124,87 @@ def enqueue(
     return outcome
 
 
+def _enqueue_waiting(job: Job, depends_on: list[uuid.UUID], owner) -> Enqueued:
+    """Create `job` waiting for the jobs `depends_on`, in one transaction with the rows
+    that say so (not held at all when they all succeeded already)."""
+    statuses = dependencies.statuses_of(owner, depends_on)
+    dependencies.check_owned(depends_on, statuses)
+    now = timezone.now()
+    with transaction.atomic():
+        dependencies.prepare(job, list(statuses.values()), job.on_dependency_failure)
+        mark_new([job], now)
+        if job.idempotency_key or job.unique_key:
+            outcome = _create_keyed(job, owner)
+        else:
+            job_store().insert(job)
+            outcome = Enqueued(job, created=True)
+        waiting = []
+        if outcome.created:
+            waiting = _add_dependencies([(job, depends_on)], {job.id}, now)
+            transaction.on_commit(lambda: dispatch_new([job]))
+    _refresh_decided(waiting)
+    return outcome
+
+
+def _add_dependencies(
+    links: list[tuple[Job, list[uuid.UUID]]], created: set[uuid.UUID], now: datetime
+) -> None:
+    """Record what the new jobs wait for. Those written waiting on jobs from before are
+    decided again once this transaction commits (returned): a dependency whose end
+    committed before that decision is seen by it; one whose end commits after it runs
+    its follow-up later still, which finds the new jobs committed. Either way none is
+    left waiting for a job that has ended. (Jobs waiting only on jobs `created` with
+    them are decided by those jobs' ends, like any other.)"""
+    job_store().add_dependencies(links, now)
+    for job, deps in links:
+        job.dependency_ids = deps
+    waiting = [job for job, deps in links if job.held and not created.issuperset(deps)]
+    if waiting:
+        ids = [job.id for job in waiting]
+        # Robust: the sweeper's catch-up decides them if this fails.
+        transaction.on_commit(lambda: dependencies.settle(ids), robust=True)
+    return waiting
+
+
+def _refresh_decided(jobs: list[Job]) -> None:
+    """Show the new jobs as their decision after the commit left them; inside a caller's
+    transaction that decision is still to come."""
+    if not jobs or transaction.get_connection().in_atomic_block:
+        return
+    fresh = {j.id: j for j in Job.objects.filter(id__in=[job.id for job in jobs])}
+    for job in jobs:
+        for name in ("status", "held", "message", "dispatched_at", "finished_at"):
+            setattr(job, name, getattr(fresh[job.id], name))
+
+
+def chain(specs: Sequence[JobSpec], *, owner=None) -> list[Enqueued]:
+    """Create jobs that run one after the other: each waits for the one before it to
+    succeed (and, by default, is cancelled when it does not)."""
+    linked = [
+        replace(spec, depends_on=[*spec.depends_on, f"${index - 1}"]) if index else spec
+        for index, spec in enumerate(specs)
+    ]
+    return enqueue_many(linked, owner=owner)
+
+
 def enqueue_many(specs: Sequence[JobSpec], *, owner=None, batch=None) -> list[Enqueued]:
     """Create many jobs in one transaction and dispatch them in broker batches; with
     `batch`, as that batch's jobs (jobs/batches.py).
 
     Every spec is validated first; if any is invalid, a `ValidationError` keyed by
     the spec's index is raised and nothing is written. Idempotency keys and unique
-    keys apply to each spec as in `enqueue`, in the order given.
+    keys apply to each spec as in `enqueue`, in the order given. A spec's `depends_on`
+    may name the job of an earlier spec as "$<its index>".
     """
     errors: dict[str, Any] = {}
     jobs: list[Job] = []
     keys_seen: set[str] = set()
     validated: dict[tuple[str, str], str] = {}
+    wanted: dict[int, list[dependencies.Dependency]] = {}
     for index, spec in enumerate(specs):
         try:
+            if spec.depends_on:
+                wanted[index] = dependencies.parse(spec.depends_on, index=index)
             payload = _validate_once(spec, validated)
             if spec.idempotency_key in keys_seen:
                 raise serializers.ValidationError(
@@ -132,17 +219,24 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None, batch=None) -> list[En
             errors[str(index)] = {"type": [str(exc)]}
         except serializers.ValidationError as exc:
             errors[str(index)] = exc.detail
+    known = _dependency_statuses(wanted, owner, errors)
     if errors:
-        raise serializers.ValidationError({"jobs": errors})
+        raise serializers.ValidationError({"jobs": dict(sorted(errors.items(), key=_by_index))})
 
     results: list[Enqueued] = []
+    links: list[tuple[Job, list[uuid.UUID]]] = []
     with transaction.atomic():
         keyed = {j.idempotency_key: j for j in jobs if j.idempotency_key}
         existing = _existing_for_keys(owner, list(keyed))
         now = timezone.now()
         mark_new(jobs, now)
         new_jobs, created_one_by_one = [], []
-        for job in jobs:
+        for index, job in enumerate(jobs):
+            if index in wanted:
+                ids = _resolved(wanted[index], results)
+                statuses = [known.get(i) or _status_in(results, i) for i in ids]
+                dependencies.prepare(job, statuses, job.on_dependency_failure)
+                links.append((job, ids))
             if job.idempotency_key in existing:
                 found = existing[job.idempotency_key]
                 results.append(Enqueued(_same_request_or_conflict(found, job), created=False))
@@ -156,9 +250,42 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None, batch=None) -> list[En
                 new_jobs.append(job)
                 results.append(Enqueued(job, created=True))
         job_store().insert_many(new_jobs, now)
+        created = {o.job.id for o in results if o.created}
+        linked = [(job, ids) for job, ids in links if job.id in created]
+        waiting = _add_dependencies(linked, created, now)
         sent = [*created_one_by_one, *new_jobs]
         transaction.on_commit(lambda: dispatch_new(sent))
+    _refresh_decided(waiting)
     return results
+
+
+def _dependency_statuses(
+    wanted: dict[int, list[dependencies.Dependency]], owner, errors: dict[str, Any]
+) -> dict[uuid.UUID, str]:
+    """The statuses of the existing jobs that specs depend on; each spec naming a job
+    the owner does not have gets its error in `errors`."""
+    ids = {d for deps in wanted.values() for d in deps if isinstance(d, uuid.UUID)}
+    known = dependencies.statuses_of(owner, ids)
+    for index, deps in wanted.items():
+        try:
+            dependencies.check_owned([d for d in deps if isinstance(d, uuid.UUID)], known)
+        except serializers.ValidationError as exc:
+            errors.setdefault(str(index), exc.detail)
+    return known
+
+
+def _resolved(deps: list[dependencies.Dependency], results: list[Enqueued]) -> list[uuid.UUID]:
+    """Job ids for `deps`, an earlier spec's index standing for the job it gave."""
+    ids = [results[d].job.id if isinstance(d, int) else d for d in deps]
+    return list(dict.fromkeys(ids))
+
+
+def _status_in(results: list[Enqueued], job_id: uuid.UUID) -> str:
+    return next(o.job.status for o in results if o.job.id == job_id)
+
+
+def _by_index(item: tuple[str, object]) -> int:
+    return int(item[0])
 
 
 # A create that loses a race for a key looks again; a second loss in a row means the
@@ -258,7 +385,16 @@ def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
         unique_key=unique_key,
         run_at=run_at,
         expires_at=spec.expires_at,
+        on_dependency_failure=_dependency_policy(spec.on_dependency_failure),
     )
+
+
+def _dependency_policy(value: str) -> str:
+    if value not in OnDependencyFailure.values:
+        raise serializers.ValidationError(
+            {"on_dependency_failure": [f"Must be one of: {', '.join(OnDependencyFailure.values)}."]}
+        )
+    return value
 
 
 def override_errors(jt: registry.JobType, spec: JobSpec, now: datetime) -> dict[str, list[str]]:

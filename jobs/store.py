@@ -39,6 +39,7 @@ from .models import (
     EventKind,
     Held,
     Job,
+    JobDependency,
     JobEvent,
     Scope,
     Status,
@@ -443,6 +444,61 @@ class JobStore:
             events = [(job_id, reason, attempt) for job_id, attempt in rows]
             self._add_events(EventKind.RELEASED, events, now)
         return list(Job.objects.filter(id__in=ids))
+
+    # --- dependencies (jobs/dependencies.py) -------------------------------------------
+
+    def add_dependencies(self, links: Sequence[tuple[Job, Sequence[Any]]], now: datetime) -> None:
+        """Record that each new job waits for the job ids paired with it, with a `held`
+        event on the timeline of each one written held for them. Runs inside the
+        caller's transaction, the one that inserted the jobs."""
+        with transaction.atomic():
+            rows = [JobDependency(job_id=j.id, depends_on_id=d) for j, deps in links for d in deps]
+            JobDependency.objects.bulk_create(rows, batch_size=1000)
+            by_moment: dict[datetime, list[tuple[Any, str, int]]] = {}
+            for job, deps in links:
+                if job.held == Held.DEPENDENCIES:
+                    # Not before its `created` event, which is at the row's created_at.
+                    at = max(now, job.created_at or now)
+                    text = "Waiting for " + ", ".join(str(d) for d in deps)
+                    by_moment.setdefault(at, []).append((job.id, text, 0))
+            for at, events in by_moment.items():
+                self._add_events(EventKind.HELD, events, at)
+
+    def release_waiting(self, job: Job, reason: str, now: datetime) -> bool:
+        """Let a job waiting for its dependencies start: it waits for a message (its
+        `run_at` stays). False when it no longer waits for them."""
+        with transaction.atomic():
+            if not Job.objects.filter(
+                id=job.id, status=Status.QUEUED, held=Held.DEPENDENCIES
+            ).update(held=Held.NO, dispatched_at=None, message="", updated_at=now):
+                return False
+            self._add_event(job, EventKind.RELEASED, now, reason)
+        job.held, job.dispatched_at, job.message = Held.NO, None, ""
+        return True
+
+    def cancel_waiting(self, job: Job, reason: str, now: datetime) -> bool:
+        """End as cancelled a job waiting for its dependencies (one of them did not
+        succeed), `reason` in its message and on its timeline. False when it no longer
+        waits for them."""
+        with transaction.atomic():
+            if not Job.objects.filter(
+                id=job.id, status=Status.QUEUED, held=Held.DEPENDENCIES
+            ).update(
+                status=Status.CANCELLED,
+                held=Held.NO,
+                finished_at=now,
+                updated_at=now,
+                message=reason[:255],
+            ):
+                return False
+            self._add_event(job, EventKind.CANCELLED, now, reason)
+        job.status, job.held, job.finished_at, job.message = (
+            Status.CANCELLED,
+            Held.NO,
+            now,
+            reason[:255],
+        )
+        return True
 
     # --- expiry ----------------------------------------------------------------------
 

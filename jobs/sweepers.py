@@ -58,8 +58,9 @@ def dispatch_due(now: datetime | None = None) -> int:
     due = (
         Job.objects.filter(status=Status.QUEUED)
         .filter(never_sent | lost)
-        # Held for a pause or a slot: they wait to be released, not for a message.
-        .exclude(held__in=[Held.PAUSED, Held.CONCURRENCY])
+        # Held for a pause, a slot or other jobs: they wait to be released, not for a
+        # message.
+        .exclude(held__in=[Held.PAUSED, Held.CONCURRENCY, Held.DEPENDENCIES])
         .order_by("-priority", "created_at")[: settings.JOBS_SWEEP_BATCH]
     )
     return dispatch(due, now=now)

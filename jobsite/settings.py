@@ -417,6 +417,8 @@ JOBS_MAX_SNOOZES = env.int("JOBS_MAX_SNOOZES", default=100)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 # The most jobs one batch may hold (jobs/batches.py), through the API and in code.
 JOBS_BATCH_MAX_JOBS = env.int("JOBS_BATCH_MAX_JOBS", default=1000)
+# The most jobs one job may wait for (depends_on).
+JOBS_MAX_DEPENDENCIES = env.int("JOBS_MAX_DEPENDENCIES", default=100)
 # Limits on jobs created through the API by non-staff users (see jobs/api.py):
 # queued + running jobs per user (0: no cap), and the longest system.sleep.
 JOBS_USER_MAX_ACTIVE = env.int("JOBS_USER_MAX_ACTIVE", default=1000)

@@ -83,6 +83,18 @@ def test_it_takes_an_expiry_and_overrides_of_attempts_and_time_limit(enqueue_job
     assert (job.max_attempts, job.time_limit) == (1, 20)
 
 
+def test_it_creates_a_job_waiting_for_others(enqueue_job):
+    first = enqueue_job("system.noop").stdout.strip()
+
+    result = enqueue_job("system.noop", "--depends-on", first, "--on-dependency-failure", "run")
+
+    assert result.returncode == 0, result.stderr
+    job = Job.objects.get(id=result.stdout.strip())
+    assert job.held == "dependencies"
+    assert job.on_dependency_failure == "run"
+    assert [str(d.depends_on_id) for d in job.dependencies.all()] == [first]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -94,6 +106,7 @@ def test_it_takes_an_expiry_and_overrides_of_attempts_and_time_limit(enqueue_job
         (["system.noop", "--expires-in", "0"], "--expires-in must be"),
         (["system.noop", "--max-attempts", "99"], '"max_attempts"'),
         (["system.noop", "--time-limit", "0"], '"time_limit"'),
+        (["system.noop", "--depends-on", "nope"], '"depends_on"'),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(enqueue_job, args, message):

@@ -28,6 +28,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--time-limit", type=int, default=None, help="Seconds, at most the type's limit"
         )
+        parser.add_argument(
+            "--depends-on",
+            action="append",
+            default=[],
+            metavar="JOB_ID",
+            help="A system job to wait for (repeatable): it runs once they all succeeded",
+        )
+        parser.add_argument(
+            "--on-dependency-failure",
+            default="cancel",
+            choices=["cancel", "run"],
+            help="If a job it waits for does not succeed: cancel this one, or run it anyway",
+        )
 
     def handle(
         self,
@@ -40,6 +53,8 @@ class Command(BaseCommand):
         expires_in,
         max_attempts,
         time_limit,
+        depends_on,
+        on_dependency_failure,
         **options,
     ):
         try:
@@ -70,6 +85,8 @@ class Command(BaseCommand):
                 expires_at=expires_at,
                 max_attempts=max_attempts,
                 time_limit=time_limit,
+                depends_on=depends_on,
+                on_dependency_failure=on_dependency_failure,
             )
         except registry.UnknownJobType as exc:
             known = ", ".join(registry.names())
