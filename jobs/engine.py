@@ -4,6 +4,7 @@ engine's modules."""
 
 from .api import JobSerializer, job_data
 from .audit import Via
+from .audit import record as audit_record
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .followups import register as register_follow_up
@@ -29,6 +30,7 @@ __all__ = [
     "TooManyActiveJobs",
     "Unique",
     "Via",
+    "audit_record",
     "cancel",
     "enqueue",
     "enqueue_many",

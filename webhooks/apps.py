@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class WebhooksConfig(AppConfig):
+    name = "webhooks"
+    verbose_name = "Webhooks"
+
+    def ready(self) -> None:
+        from jobs.engine import register_follow_up
+
+        from . import services
+
+        register_follow_up("webhooks", after_end=services.jobs_ended, catch_up=services.catch_up)
