@@ -271,6 +271,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Create, watch, cancel and retry background jobs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Choice sets whose fields share a name with another's ("status").
+    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "webhooks.models.DeliveryStatus"},
     # Every operation documents the JSON error answers it may give (jobsite/openapi.py).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

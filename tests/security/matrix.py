@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from jobs.models import Job, Status
 from jobsite.auth import RefreshToken
 from notes.models import Image, ImageStatus, Page, Task
 from reports.models import Report
+from webhooks.models import WebhookDelivery, WebhookEndpoint
 
 # The URL configuration is read while the tests are collected, when settings.DEBUG is
 # still what the environment says (the suite runs with DJANGO_DEBUG=1, tests/plugin.py):
@@ -172,6 +174,7 @@ class World:
             type="system.noop", owner=owner, status=Status.FAILED, error="boom"
         )
         image = _stored_image(owner)
+        webhook = _webhook(owner)
         return cls(
             {
                 "job": job.id,
@@ -183,6 +186,8 @@ class World:
                 "failed_report": _report(owner, Status.FAILED).id,
                 "ready_report": _report(owner, Status.SUCCEEDED, pdf=MINIMAL_PDF).id,
                 "refresh_token": str(_refresh_token(owner)),
+                "webhook": webhook.id,
+                "delivery": _delivery(webhook).id,
             }
         )
 
@@ -230,6 +235,22 @@ def _report(owner, status: str, pdf: bytes | None = None) -> Report:
     return report
 
 
+def _webhook(owner) -> WebhookEndpoint:
+    # One per owner, kept until a request deletes it: each user may have only a few.
+    return WebhookEndpoint.objects.filter(owner=owner).first() or WebhookEndpoint.objects.create(
+        owner=owner, url="https://93.184.215.14/hooks", events=["job.succeeded"]
+    )
+
+
+def _delivery(webhook: WebhookEndpoint) -> WebhookDelivery:
+    return WebhookDelivery.objects.create(
+        endpoint=webhook,
+        event="job.succeeded",
+        subject_id=str(uuid.uuid4()),
+        payload={"event": "job.succeeded", "data": {}},
+    )
+
+
 def _refresh_token(user):
     # Through the serializer the token endpoint uses, with whatever claims it adds.
     return RefreshToken.for_user(user)
@@ -237,7 +258,9 @@ def _refresh_token(user):
 
 def placeholder_world() -> World:
     """Values of the right shape for resolving rows' paths without a database."""
-    values = dict.fromkeys(["job", "failed_job", "report", "failed_report", "ready_report"])
+    values = dict.fromkeys(
+        ["job", "failed_job", "report", "failed_report", "ready_report", "webhook", "delivery"]
+    )
     values = {name: "00000000-0000-4000-8000-000000000000" for name in values}
     values.update(page=1, image=1, task=1, refresh_token="-")
     return World(values)
