@@ -1,13 +1,29 @@
+from django import forms
 from django.contrib import admin, messages
 
 from jobs.engine import Via, audit_record
 
-from . import services
+from . import addresses, services
 from .models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
+
+
+class EndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["owner", "url", "description", "events", "active"]
+
+    def clean_url(self) -> str:
+        try:
+            return services.check_url(self.cleaned_data["url"])
+        except addresses.AddressRefused as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = EndpointForm
     list_display = ["url", "owner", "active", "created_at"]
     list_filter = ["active"]
     search_fields = ["url", "owner__username", "=id"]

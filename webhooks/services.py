@@ -165,7 +165,12 @@ def catch_up(now: datetime) -> int:
         if offer is None:
             continue
         for endpoint in endpoints:
-            if endpoint.owner_id == job.owner_id and (endpoint.id, offer.subject_id) not in done:
+            if (
+                endpoint.owner_id == job.owner_id
+                # An endpoint registered after the end was not there to be told.
+                and endpoint.created_at <= job.finished_at
+                and (endpoint.id, offer.subject_id) not in done
+            ):
                 missing.append((endpoint, offer))
     return len(create_deliveries(missing))
 

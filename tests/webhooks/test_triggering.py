@@ -106,6 +106,7 @@ def test_inactive_endpoints_and_owners_without_endpoints_get_nothing(
 def test_catch_up_creates_a_missed_delivery_exactly_once(user, endpoint):
     # Ended without its follow-up: as after a crash between the end and the follow-up.
     now = timezone.now()
+    WebhookEndpoint.objects.filter(id=endpoint.id).update(created_at=now - timedelta(hours=3))
     missed = Job.objects.create(
         type="system.noop", owner=user, status=Status.SUCCEEDED, finished_at=now
     )
@@ -125,6 +126,21 @@ def test_catch_up_creates_a_missed_delivery_exactly_once(user, endpoint):
     assert not WebhookDelivery.objects.filter(subject_id=str(long_ago.id)).exists()
     with override_settings(WEBHOOKS_CATCH_UP_MINUTES=180):
         assert services.catch_up(now) == 1
+
+
+def test_catch_up_does_not_tell_an_endpoint_registered_after_the_end(user, endpoint):
+    WebhookEndpoint.objects.filter(id=endpoint.id).update(
+        created_at=timezone.now() - timedelta(minutes=5)
+    )
+    before = Job.objects.create(
+        type="system.noop",
+        owner=user,
+        status=Status.SUCCEEDED,
+        finished_at=timezone.now() - timedelta(minutes=10),
+    )
+
+    assert services.catch_up(timezone.now()) == 0
+    assert not WebhookDelivery.objects.filter(subject_id=str(before.id)).exists()
 
 
 def test_a_finished_batch_is_told_once(user, endpoint):
