@@ -445,6 +445,8 @@ WEBHOOKS_MAX_ENDPOINTS_PER_USER = env.int("WEBHOOKS_MAX_ENDPOINTS_PER_USER", def
 # The sweeper creates the deliveries a crash skipped for jobs that ended this many
 # minutes ago at most.
 WEBHOOKS_CATCH_UP_MINUTES = env.float("WEBHOOKS_CATCH_UP_MINUTES", default=60.0)
+# ... at most once per this many seconds (the sweeper runs every JOBS_SWEEP_INTERVAL).
+WEBHOOKS_CATCH_UP_EVERY = env.int("WEBHOOKS_CATCH_UP_EVERY", default=60)
 # The claim and finish statements every job runs are prepared once per connection
 # (PostgreSQL); 0 for connection poolers that cannot keep prepared statements.
 JOBS_PREPARED_STATEMENTS = env.bool("JOBS_PREPARED_STATEMENTS", default=True)

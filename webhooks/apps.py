@@ -10,4 +10,6 @@ class WebhooksConfig(AppConfig):
 
         from . import services
 
-        register_follow_up("webhooks", after_end=services.jobs_ended, catch_up=services.catch_up)
+        register_follow_up(
+            "webhooks", after_end=services.jobs_ended, catch_up=services.catch_up_now_and_then
+        )

@@ -4,6 +4,7 @@ for the deliveries' own jobs, and the sweeper's catch-up creates what a crash sk
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.test import override_settings
 from django.utils import timezone
 
@@ -117,8 +118,8 @@ def test_catch_up_creates_a_missed_delivery_exactly_once(user, endpoint):
         finished_at=now - timedelta(hours=2),
     )
 
-    first = run_catch_ups(now)
-    second = run_catch_ups(now)
+    first = services.catch_up(now)
+    second = services.catch_up(now)
 
     assert (first, second) == (1, 0)
     delivery = WebhookDelivery.objects.get()
@@ -153,3 +154,24 @@ def test_a_finished_batch_is_told_once(user, endpoint):
     assert len(first) == 1 and again == []
     assert first[0].payload["data"]["batch"] == {"id": "b-1", "succeeded": 3}
     assert first[0].event == "batch.finished"
+
+
+def test_the_sweepers_catch_up_at_most_once_a_minute(user, endpoint):
+    cache.delete(services.CATCH_UP_KEY)
+    now = timezone.now()
+    WebhookEndpoint.objects.filter(id=endpoint.id).update(created_at=now - timedelta(hours=1))
+
+    def missed():
+        return Job.objects.create(
+            type="system.noop", owner=user, status=Status.SUCCEEDED, finished_at=now
+        )
+
+    missed()
+    first = run_catch_ups(now)
+    later = missed()
+    second = run_catch_ups(now)
+    cache.delete(services.CATCH_UP_KEY)
+    third = run_catch_ups(now)
+
+    assert (first, second, third) == (1, 0, 1)
+    assert WebhookDelivery.objects.filter(subject_id=str(later.id)).count() == 1
