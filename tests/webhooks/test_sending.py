@@ -4,7 +4,7 @@ local receiver: 2xx delivered, 4xx failed at once, 429/503 with Retry-After wait
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import override_settings
@@ -132,8 +132,6 @@ def test_an_inactive_endpoint_is_not_called(user, receiver):
 
 
 def test_retry_after_as_seconds_or_an_http_date():
-    from datetime import UTC, datetime
-
     now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
     assert retry_after("30", now) == 30
