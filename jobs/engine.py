@@ -4,6 +4,7 @@ engine's modules."""
 
 from .api import JobSerializer, job_data
 from .audit import Via
+from .audit import record as audit_record
 from .batches import (
     BatchIdempotencyConflict,
     BatchNotRunning,
@@ -42,6 +43,7 @@ __all__ = [
     "TooManyActiveJobs",
     "Unique",
     "Via",
+    "audit_record",
     "batch_finished",
     "batch_of_callback",
     "batch_summary",

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "jobs",
     "reports",
     "notes",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -270,6 +271,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Create, watch, cancel and retry background jobs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Choice sets whose fields share a name with another's ("status").
+    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "webhooks.models.DeliveryStatus"},
     # Every operation documents the JSON error answers it may give (jobsite/openapi.py).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -427,6 +430,27 @@ JOBS_USER_SLEEP_MAX_SECONDS = env.float("JOBS_USER_SLEEP_MAX_SECONDS", default=6
 JOBS_MAX_SCHEDULE_AHEAD = env.int("JOBS_MAX_SCHEDULE_AHEAD", default=365 * 24 * 3600)
 # Reports one user may have rendering at once, across all workers; the rest wait queued.
 REPORTS_RUNNING_PER_OWNER = env.int("REPORTS_RUNNING_PER_OWNER", default=2)
+# Webhooks (webhooks/): the receivers users register are called from the workers.
+# Addresses in these networks (CIDRs) may be called although they are private, loopback
+# or link-local; none by default.
+WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = env.list("WEBHOOKS_ALLOWED_PRIVATE_NETWORKS", default=[])
+# Plain http:// endpoints (https:// only by default).
+WEBHOOKS_ALLOW_HTTP = env.bool("WEBHOOKS_ALLOW_HTTP", default=False)
+# Seconds to connect to a receiver, and to wait for each read of its answer.
+WEBHOOKS_CONNECT_TIMEOUT = env.float("WEBHOOKS_CONNECT_TIMEOUT", default=5.0)
+WEBHOOKS_READ_TIMEOUT = env.float("WEBHOOKS_READ_TIMEOUT", default=10.0)
+# Attempts per delivery, and the first retry's delay in seconds (doubling, at most an hour).
+WEBHOOKS_MAX_ATTEMPTS = env.int("WEBHOOKS_MAX_ATTEMPTS", default=10)
+WEBHOOKS_BACKOFF_BASE = env.float("WEBHOOKS_BACKOFF_BASE", default=30.0)
+# The longest Retry-After (seconds) a receiver answering 429 or 503 is granted.
+WEBHOOKS_RETRY_AFTER_MAX = env.float("WEBHOOKS_RETRY_AFTER_MAX", default=3600.0)
+# Endpoints one user may register.
+WEBHOOKS_MAX_ENDPOINTS_PER_USER = env.int("WEBHOOKS_MAX_ENDPOINTS_PER_USER", default=10)
+# The sweeper creates the deliveries a crash skipped for jobs that ended this many
+# minutes ago at most.
+WEBHOOKS_CATCH_UP_MINUTES = env.float("WEBHOOKS_CATCH_UP_MINUTES", default=60.0)
+# ... at most once per this many seconds (the sweeper runs every JOBS_SWEEP_INTERVAL).
+WEBHOOKS_CATCH_UP_EVERY = env.int("WEBHOOKS_CATCH_UP_EVERY", default=60)
 # The claim and finish statements every job runs are prepared once per connection
 # (PostgreSQL); 0 for connection poolers that cannot keep prepared statements.
 JOBS_PREPARED_STATEMENTS = env.bool("JOBS_PREPARED_STATEMENTS", default=True)

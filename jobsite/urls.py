@@ -15,6 +15,7 @@ api_patterns = [
     path("", include("jobs.api_urls")),
     path("", include("reports.api_urls")),
     path("", include("notes.api_urls")),
+    path("", include("webhooks.api_urls")),
 ]
 
 # A URL no pattern matches gets a JSON 404 under /api/, as every other API error.

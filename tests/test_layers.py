@@ -94,7 +94,7 @@ def test_only_the_store_writes_a_jobs_status_or_its_events():
 
 
 def test_the_apps_use_the_engine_through_its_public_surface():
-    for app in ("notes", "reports"):
+    for app in ("notes", "reports", "webhooks"):
         for path in (ROOT / app).rglob("*.py"):
             if "migrations" in path.parts:
                 continue

@@ -28,6 +28,7 @@ REFUSED_TO_USERS = {
     "notes.image_cleanup": {"type": "delete-marked", "grace_hours": 0},
     "notes.task_reminders": {},
     "reports.generate": {"report_id": "00000000-0000-0000-0000-000000000000"},
+    "webhooks.deliver": {"delivery_id": "00000000-0000-0000-0000-000000000000"},
 }
 UNKNOWN_TYPE_MESSAGE = "Unknown job type {!r}. Types you may create: system.noop, system.sleep."
 

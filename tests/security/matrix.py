@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from jobs.models import Batch, Job, Status
 from jobsite.auth import RefreshToken
 from notes.models import Image, ImageStatus, Page, Task
 from reports.models import Report
+from webhooks.models import WebhookDelivery, WebhookEndpoint
 
 # The URL configuration is read while the tests are collected, when settings.DEBUG is
 # still what the environment says (the suite runs with DJANGO_DEBUG=1, tests/plugin.py):
@@ -174,6 +176,7 @@ class World:
         image = _stored_image(owner)
         batch = Batch.objects.create(owner=owner)
         Job.objects.create(type="system.noop", owner=owner, batch=batch)
+        webhook = _webhook(owner)
         return cls(
             {
                 "job": job.id,
@@ -186,6 +189,8 @@ class World:
                 "failed_report": _report(owner, Status.FAILED).id,
                 "ready_report": _report(owner, Status.SUCCEEDED, pdf=MINIMAL_PDF).id,
                 "refresh_token": str(_refresh_token(owner)),
+                "webhook": webhook.id,
+                "delivery": _delivery(webhook).id,
             }
         )
 
@@ -233,6 +238,22 @@ def _report(owner, status: str, pdf: bytes | None = None) -> Report:
     return report
 
 
+def _webhook(owner) -> WebhookEndpoint:
+    # One per owner, kept until a request deletes it: each user may have only a few.
+    return WebhookEndpoint.objects.filter(owner=owner).first() or WebhookEndpoint.objects.create(
+        owner=owner, url="https://93.184.215.14/hooks", events=["job.succeeded"]
+    )
+
+
+def _delivery(webhook: WebhookEndpoint) -> WebhookDelivery:
+    return WebhookDelivery.objects.create(
+        endpoint=webhook,
+        event="job.succeeded",
+        subject_id=str(uuid.uuid4()),
+        payload={"event": "job.succeeded", "data": {}},
+    )
+
+
 def _refresh_token(user):
     # Through the serializer the token endpoint uses, with whatever claims it adds.
     return RefreshToken.for_user(user)
@@ -241,7 +262,16 @@ def _refresh_token(user):
 def placeholder_world() -> World:
     """Values of the right shape for resolving rows' paths without a database."""
     values = dict.fromkeys(
-        ["job", "failed_job", "batch", "report", "failed_report", "ready_report"]
+        [
+            "job",
+            "failed_job",
+            "batch",
+            "report",
+            "failed_report",
+            "ready_report",
+            "webhook",
+            "delivery",
+        ]
     )
     values = {name: "00000000-0000-4000-8000-000000000000" for name in values}
     values.update(page=1, image=1, task=1, refresh_token="-")

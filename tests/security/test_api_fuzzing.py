@@ -157,6 +157,22 @@ SUCCESSES = [
     ("GET", "/api/notes/images/{id}/", 200, "user", lambda w: object_id(w, "image")),
     ("GET", "/api/notes/images/{id}/content/", 200, "user", lambda w: object_id(w, "image")),
     ("DELETE", "/api/notes/images/{id}/", 204, "user", lambda w: object_id(w, "image")),
+    ("GET", "/api/webhooks/", 200, "user", lambda w: {}),
+    ("POST", "/api/webhooks/", 201, "user", lambda w: {"body": {"url": PUBLIC_HOOK}}),
+    ("GET", "/api/webhooks/{id}/", 200, "user", lambda w: object_id(w, "webhook")),
+    ("PATCH", "/api/webhooks/{id}/", 200, "user", lambda w: object_id(w, "webhook", active=False)),
+    ("DELETE", "/api/webhooks/{id}/", 204, "user", lambda w: object_id(w, "webhook")),
+    ("POST", "/api/webhooks/{id}/rotate-secret/", 200, "user", lambda w: object_id(w, "webhook")),
+    ("GET", "/api/webhooks/{id}/deliveries/", 200, "user", lambda w: object_id(w, "webhook")),
+    ("POST", "/api/webhooks/{id}/test/", 202, "user", lambda w: object_id(w, "webhook")),
+    ("GET", "/api/webhooks/deliveries/{id}/", 200, "user", lambda w: object_id(w, "delivery")),
+    (
+        "POST",
+        "/api/webhooks/deliveries/{id}/replay/",
+        202,
+        "user",
+        lambda w: object_id(w, "delivery"),
+    ),
     ("GET", "/api/controls/", 200, "staff", lambda w: {}),
     ("POST", "/api/controls/{scope}/{name}/pause/", 200, "operator", lambda w: control("queue")),
     ("POST", "/api/controls/{scope}/{name}/resume/", 200, "operator", lambda w: control("type")),
@@ -170,6 +186,8 @@ SUCCESSES = [
     ("PATCH", "/api/notes/tasks/{id}/", 200, "user", lambda w: object_id(w, "task", done=True)),
     ("DELETE", "/api/notes/tasks/{id}/", 204, "user", lambda w: object_id(w, "task")),
 ]
+# A public address, so the endpoint is accepted without a name to resolve.
+PUBLIC_HOOK = "https://93.184.215.14/hooks"
 CREDENTIALS = {"username": "alice", "password": "correct-horse-battery-staple"}
 
 

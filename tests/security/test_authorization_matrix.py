@@ -121,6 +121,17 @@ TABLE: list[Row] = [
     row("PUT",   "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("PATCH", "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("DELETE", "/api/notes/tasks/{task}/",             401,   204,   404,   404,   404),
+    # --- webhooks: each user's own; staff see everyone's but change only their own
+    row("GET",   "/api/webhooks/",                        401,   200,   200,   200,   200),
+    row("POST",  "/api/webhooks/",                        401,   201,   201,   201,   201),
+    row("GET",   "/api/webhooks/{webhook}/",              401,   200,   404,   200,   200),
+    row("PATCH", "/api/webhooks/{webhook}/",              401,   200,   404,   403,   403),
+    row("DELETE", "/api/webhooks/{webhook}/",             401,   204,   404,   403,   403),
+    row("POST",  "/api/webhooks/{webhook}/rotate-secret/", 401,  200,   404,   403,   403),
+    row("GET",   "/api/webhooks/{webhook}/deliveries/",   401,   200,   404,   200,   200),
+    row("POST",  "/api/webhooks/{webhook}/test/",         401,   202,   404,   403,   403),
+    row("GET",   "/api/webhooks/deliveries/{delivery}/",  401,   200,   404,   200,   200),
+    row("POST",  "/api/webhooks/deliveries/{delivery}/replay/", 401, 202, 404,  403,   403),
     # --- operators. No worker runs here, so /health/ reports the workers check failing.
     row("GET",   "/health/",                              503,   503,   503,   503,   503),
     # The metrics token or a staff session; requests from loopback are not trusted.
@@ -184,6 +195,8 @@ BODIES: dict[tuple[str, str], Body] = {
     ("POST", "/api/notes/images/"): upload_body("tulips.png", png_bytes()),
     ("POST", "/api/notes/images/cleanup/"): json_body({"type": "mark-orphaned"}),
     ("POST", "/api/notes/tasks/"): json_body({"title": "Sow"}),
+    ("POST", "/api/webhooks/"): json_body({"url": "https://93.184.215.14/hooks"}),
+    ("PATCH", "/api/webhooks/{webhook}/"): json_body({"description": "Alerts"}),
     ("PUT", "/api/notes/tasks/{task}/"): json_body({"title": "Sow", "done": True}),
     ("PATCH", "/api/notes/tasks/{task}/"): json_body({"done": True}),
     ("POST", "/reports/"): form_body({"kind": "job_activity"}),
