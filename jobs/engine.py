@@ -2,11 +2,12 @@
 write handlers, create jobs and act on them. Apps import from here, not from the
 engine's modules."""
 
-from .api import JobSerializer, job_data
+from .api import LINE_HELP, JobSerializer, LineSerializer, job_data
 from .audit import Via
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .followups import register as register_follow_up
+from .line import Place, in_words, place_data, place_in_line
 from .models import FINISHED_STATUSES, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
@@ -22,8 +23,11 @@ __all__ = [
     "JobContext",
     "JobSerializer",
     "JobSpec",
+    "LINE_HELP",
+    "LineSerializer",
     "Limits",
     "PermanentError",
+    "Place",
     "Retention",
     "Status",
     "TooManyActiveJobs",
@@ -32,9 +36,12 @@ __all__ = [
     "cancel",
     "enqueue",
     "enqueue_many",
+    "in_words",
     "job_data",
     "job_type",
     "one_line_error",
+    "place_data",
+    "place_in_line",
     "register_follow_up",
     "retry",
 ]

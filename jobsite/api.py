@@ -79,8 +79,11 @@ def conflict(detail: str, code: str, **fields: Any) -> Response:
 
 
 def etag_for(row: dict) -> str:
-    """The ETag of a polled status (status, progress, message, updated_at)."""
+    """The ETag of a polled status (status, progress, message, updated_at, and a queued
+    job's place in line: its count and estimate change while the row does not)."""
     raw = f"{row['status']}|{row['progress']}|{row['message']}|{row['updated_at'].isoformat()}"
+    if place := row.get("line"):
+        raw += f"|{place['ahead']}|{place['ahead_capped']}|{place['estimated_wait_seconds']}"
     return '"' + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest() + '"'
 
 

@@ -415,6 +415,12 @@ JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
 JOBS_SNOOZE_MAX = env.float("JOBS_SNOOZE_MAX", default=24 * 3600.0)
 JOBS_MAX_SNOOZES = env.int("JOBS_MAX_SNOOZES", default=100)
 JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
+# A queued job's place in line (jobs/line.py): the jobs ahead are counted no further than
+# the cap; the estimate goes by the mean run time of the type's latest succeeded jobs,
+# and what it reads is kept this many seconds per process.
+JOBS_LINE_CAP = env.int("JOBS_LINE_CAP", default=1000)
+JOBS_LINE_SAMPLE = env.int("JOBS_LINE_SAMPLE", default=50)
+JOBS_LINE_CACHE_SECONDS = env.float("JOBS_LINE_CACHE_SECONDS", default=5.0)
 # Limits on jobs created through the API by non-staff users (see jobs/api.py):
 # queued + running jobs per user (0: no cap), and the longest system.sleep.
 JOBS_USER_MAX_ACTIVE = env.int("JOBS_USER_MAX_ACTIVE", default=1000)
