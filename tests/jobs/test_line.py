@@ -14,6 +14,7 @@ from jobs.audit import Via
 from jobs.models import Held, Job, Priority, Scope, Status, WorkerHeartbeat
 from reports.models import Report
 from tests.engine import run
+from tests.support import wait_for
 
 LINE_KEYS = {"ahead", "ahead_capped", "estimated_start_at", "estimated_wait_seconds"}
 
@@ -414,3 +415,16 @@ def test_the_count_reads_only_the_jobs_ahead_from_the_line_index(transactional_d
     assert line.place_in_line(near_the_front, now).ahead == 109
     place = line.place_in_line(last, now)
     assert (place.ahead, place.ahead_capped) == (1000, True)
+
+
+@pytest.mark.worker
+def test_a_worker_records_its_slots_for_the_estimate(start_worker):
+    start_worker(queues=["reports"], concurrency=3, beat=False)
+
+    wait_for(
+        lambda: WorkerHeartbeat.objects.filter(queues=["reports"]).exists(),
+        what="the worker's liveness row",
+    )
+
+    assert WorkerHeartbeat.objects.get(queues=["reports"]).concurrency == 3
+    assert (line.worker_slots("reports"), line.worker_slots("default")) == (3, 0)
