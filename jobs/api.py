@@ -147,7 +147,7 @@ class JobDetailSerializer(JobSerializer):
 
     @extend_schema_field(LineSerializer(allow_null=True))
     def get_line(self, job: Job) -> dict | None:
-        return line.place_data(job)
+        return line_representation(line.place_data(job))
 
     def to_representation(self, job: Job) -> dict:
         data = super().to_representation(job)
@@ -155,6 +155,14 @@ class JobDetailSerializer(JobSerializer):
             for event in data["events"]:
                 event["message"] = visibility.one_line_error(event["message"])
         return data
+
+
+_line_representation = LineSerializer()
+
+
+def line_representation(place: dict | None) -> dict | None:
+    """A place in line (jobs.line.place_data) as the API shows it, or None."""
+    return _line_representation.to_representation(place) if place is not None else None
 
 
 class JobStatusSerializer(serializers.Serializer):

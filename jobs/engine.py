@@ -2,7 +2,7 @@
 write handlers, create jobs and act on them. Apps import from here, not from the
 engine's modules."""
 
-from .api import LINE_HELP, JobSerializer, LineSerializer, job_data
+from .api import LINE_HELP, JobSerializer, LineSerializer, job_data, line_representation
 from .audit import Via
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
@@ -39,6 +39,7 @@ __all__ = [
     "in_words",
     "job_data",
     "job_type",
+    "line_representation",
     "one_line_error",
     "place_data",
     "place_in_line",

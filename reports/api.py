@@ -20,6 +20,7 @@ from jobs.engine import (
     LineSerializer,
     Status,
     Via,
+    line_representation,
     one_line_error,
 )
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
@@ -81,7 +82,7 @@ class ReportDetailSerializer(ReportSerializer):
 
     @extend_schema_field(LineSerializer(allow_null=True))
     def get_line(self, report: Report) -> dict | None:
-        return report.line
+        return line_representation(report.line)
 
 
 class ReportCreateSerializer(serializers.Serializer):
