@@ -79,7 +79,7 @@ def place_in_line(job: Job | Waiting, now: datetime | None = None) -> Place | No
 
 
 def place_data(job: Job | Waiting, now: datetime | None = None) -> dict[str, Any] | None:
-    """`place_in_line` as the API shows it: a JSON-ready object, or None."""
+    """`place_in_line` as a dict of the API's `line` fields (LineSerializer), or None."""
     place = place_in_line(job, now)
     return place.as_dict() if place is not None else None
 

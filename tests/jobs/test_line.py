@@ -372,7 +372,16 @@ def test_the_schema_describes_the_line(api):
 
 # --- PostgreSQL's plan ------------------------------------------------------------------
 
-# 100,000 queued jobs, one a second, the oldest first in line; one in 1,000 is high.
+# 100,000 queued jobs, one a second, the oldest first in line; one in 1,000 is high. Behind
+# them in time, a history of 200,000 finished jobs.
+HISTORY_SQL = """
+INSERT INTO jobs_job (id, type, payload, error, status, progress, message, attempts,
+    max_attempts, snoozes, stalled_count, priority, queue, held, cancel_requested,
+    created_at, updated_at, started_at, finished_at)
+SELECT gen_random_uuid(), 'system.noop', '{}', '', 'succeeded', 100, '', 1, 3, 0, 0,
+    5, 'default', '', false, %s - make_interval(secs => 100000 + i), now(), now(), now()
+FROM generate_series(1, 200000) AS i
+"""
 DEEP_QUEUE_SQL = """
 INSERT INTO jobs_job (id, type, payload, error, status, progress, message, attempts,
     max_attempts, snoozes, stalled_count, priority, queue, held, cancel_requested,
@@ -400,6 +409,7 @@ def test_the_count_reads_only_the_jobs_ahead_from_the_line_index(transactional_d
     if connection.vendor != "postgresql":
         pytest.skip("reads PostgreSQL's query plan")
     with connection.cursor() as cursor:
+        cursor.execute(HISTORY_SQL, [now])
         cursor.execute(DEEP_QUEUE_SQL, [now])
         cursor.execute("VACUUM ANALYZE jobs_job")
     near_the_front = queued(now, 99_990.5)  # 100 high ones and 9 older ones ahead
