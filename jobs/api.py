@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
-from . import controls, dependencies, queries, registry, services, visibility
+from . import controls, dependencies, line, queries, registry, services, visibility
 from .audit import Via
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import (
@@ -129,12 +129,43 @@ class JobSerializer(JobFieldsSerializer):
         return visibility.shown_to(viewer_of(self.context), job.owner_id, data)
 
 
+class LineSerializer(serializers.Serializer):
+    """A queued job's place in its queue's line (jobs.line): a count, never which jobs."""
+
+    ahead = serializers.IntegerField(
+        help_text="Queued jobs of the same queue a worker takes first (higher priority, or "
+        "the same and older), not held and due; counted up to JOBS_LINE_CAP"
+    )
+    ahead_capped = serializers.BooleanField(
+        help_text="true: at least `ahead` jobs are ahead, maybe more"
+    )
+    estimated_start_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When a worker is expected to take it; null when no worker consumes the "
+        "queue or its type has no finished run to go by",
+    )
+    estimated_wait_seconds = serializers.IntegerField(
+        allow_null=True, help_text="Seconds from now to estimated_start_at"
+    )
+
+
+LINE_HELP = (
+    "Queued jobs that could start now: their place in line. null for any other job, and "
+    "for a held (paused, limited) or delayed one, whose message says why it waits."
+)
+
+
 class JobDetailSerializer(JobSerializer):
     events = JobEventSerializer(many=True, read_only=True)
+    line = serializers.SerializerMethodField(help_text=LINE_HELP)
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "events"]
+        fields = [*JobSerializer.Meta.fields, "events", "line"]
         read_only_fields = fields
+
+    @extend_schema_field(LineSerializer(allow_null=True))
+    def get_line(self, job: Job) -> dict | None:
+        return line_representation(line.place_data(job))
 
     def to_representation(self, job: Job) -> dict:
         data = super().to_representation(job)
@@ -144,6 +175,14 @@ class JobDetailSerializer(JobSerializer):
         return data
 
 
+_line_representation = LineSerializer()
+
+
+def line_representation(place: dict | None) -> dict | None:
+    """A place in line (jobs.line.place_data) as the API shows it, or None."""
+    return _line_representation.to_representation(place) if place is not None else None
+
+
 class JobStatusSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     status = serializers.CharField()
@@ -151,6 +190,7 @@ class JobStatusSerializer(serializers.Serializer):
     message = serializers.CharField()
     updated_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
+    line = LineSerializer(allow_null=True, help_text=LINE_HELP)
 
 
 # One instance of each response serializer, its fields built once: building them for
@@ -484,6 +524,7 @@ class JobViewSet(viewsets.GenericViewSet):
             status=status.HTTP_202_ACCEPTED,
         )
 
+    @extend_schema(responses=JobDetailSerializer)
     def retrieve(self, request: Request, pk: str) -> Response:
         job = self.get_object()
         return Response(JobDetailSerializer(job, context={"request": request}).data)
@@ -494,6 +535,7 @@ class JobViewSet(viewsets.GenericViewSet):
         row = status_row(request.user, uuid_or_404(pk))
         if row is None:
             raise Http404
+        row["line"] = line_of(row)
         etag = etag_for(row)
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag in if_none_match(request):
@@ -561,6 +603,13 @@ def status_row(user, job_id: uuid.UUID) -> dict | None:
         return None
     owner_id = row.pop("owner_id")
     return row if user.is_staff or owner_id == user.pk else None
+
+
+def line_of(row: dict) -> dict | None:
+    """The place in line of the job a status row is of (only a queued job has one)."""
+    if row["status"] != Status.QUEUED:
+        return None
+    return line.place_data(line.Waiting(**{f: row[f] for f in line.Waiting._fields}))
 
 
 class JobTypeSerializer(serializers.Serializer):

@@ -2,7 +2,7 @@
 write handlers, create jobs and act on them. Apps import from here, not from the
 engine's modules."""
 
-from .api import JobSerializer, job_data
+from .api import LINE_HELP, JobSerializer, LineSerializer, job_data, line_representation
 from .audit import Via
 from .audit import record as audit_record
 from .batches import (
@@ -17,6 +17,7 @@ from .batches import (
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .followups import register as register_follow_up
+from .line import Place, in_words, place_data, place_in_line
 from .models import FINISHED_STATUSES, Batch, BatchState, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, chain, enqueue, enqueue_many, retry
@@ -36,8 +37,11 @@ __all__ = [
     "JobContext",
     "JobSerializer",
     "JobSpec",
+    "LINE_HELP",
+    "LineSerializer",
     "Limits",
     "PermanentError",
+    "Place",
     "Retention",
     "Status",
     "TooManyActiveJobs",
@@ -53,9 +57,13 @@ __all__ = [
     "chain",
     "enqueue",
     "enqueue_many",
+    "in_words",
     "job_data",
     "job_type",
+    "line_representation",
     "one_line_error",
+    "place_data",
+    "place_in_line",
     "register_follow_up",
     "retry",
 ]

@@ -192,6 +192,14 @@ class Job(models.Model):
                 condition=Q(status="queued") & ~Q(held=""),
                 name="job_held",
             ),
+            # jobs.line: the queued jobs ahead of one, not held, in the order workers
+            # take them: two range reads (higher priority; same priority, older) that
+            # stop at the cap. run_at is checked from the index entry.
+            models.Index(
+                fields=["queue", "-priority", "created_at", "run_at"],
+                condition=Q(status="queued", held=""),
+                name="job_queued_line",
+            ),
             # The expiry sweeper: queued rows that carry an expiry.
             models.Index(
                 fields=["expires_at"],
@@ -306,6 +314,8 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=255, unique=True)
     pid = models.PositiveIntegerField()
     queues = models.JSONField(default=list)
+    # Jobs it runs at once (its pool's size): the slots jobs.line spreads a queue over.
+    concurrency = models.PositiveIntegerField(default=1)
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField(db_index=True)
 

@@ -59,8 +59,15 @@ _liveness: LivenessWriter | None = None
 def start_liveness(sender=None, **kwargs) -> None:
     global _liveness
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
-    _liveness = LivenessWriter(sender.hostname, queues, settings.WORKER_HEARTBEAT_INTERVAL)
+    _liveness = LivenessWriter(
+        sender.hostname, queues, settings.WORKER_HEARTBEAT_INTERVAL, _pool_size(sender)
+    )
     _liveness.start()
+
+
+def _pool_size(consumer) -> int:
+    # The solo pool's limit is 1; prefork's and threads' their --concurrency.
+    return getattr(consumer.pool, "limit", None) or consumer.controller.concurrency or 1
 
 
 @worker_shutdown.connect

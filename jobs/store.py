@@ -52,6 +52,9 @@ ENDED_BY = {
 }
 # The fields a job polled for its status shows (GET /api/jobs/<id>/status/).
 STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at", "expires_at"]
+# Read with them: what a queued job's place in line is computed from (jobs.line.Waiting).
+WAITING_FIELDS = ["type", "queue", "priority", "created_at", "held", "run_at"]
+POLLED_FIELDS = ["owner_id", *STATUS_FIELDS, *WAITING_FIELDS]
 
 
 def held(job_id: Any, attempt: int) -> QuerySet[Job]:
@@ -640,8 +643,9 @@ class JobStore:
     # --- reading -----------------------------------------------------------------------
 
     def status_row(self, job_id: Any) -> dict | None:
-        """The polled fields of a job and its owner_id, or None if there is no such job."""
-        return Job.objects.filter(id=job_id).values("owner_id", *STATUS_FIELDS).first()
+        """The polled fields of a job, its owner_id and what its place in line is computed
+        from, or None if there is no such job."""
+        return Job.objects.filter(id=job_id).values(*POLLED_FIELDS).first()
 
     def active_count(self, owner, *, up_to: int) -> int:
         """How many of `owner`'s jobs are queued or running, counting no further than `up_to`."""
@@ -772,7 +776,7 @@ WITH sent AS (
 # alone, the owner checked afterwards: with `owner_id = %s` in the WHERE clause too,
 # PostgreSQL may walk the owner's index through all their jobs (it did in benchmark 3,
 # until the table's statistics caught up with a burst of new jobs).
-STATUS_SQL = f'SELECT owner_id, {", ".join(STATUS_FIELDS)} FROM "{JOBS}" WHERE id = %s'
+STATUS_SQL = f'SELECT {", ".join(POLLED_FIELDS)} FROM "{JOBS}" WHERE id = %s'
 
 # Counted for every job a user creates through the API. An index-only scan of
 # job_owner_status (owner_id, status, ...) reads just the owner's active entries, and
@@ -877,7 +881,7 @@ class PostgresJobStore(JobStore):
         with _connection().cursor() as cursor:
             cursor.execute(STATUS_SQL, [job_id])
             found = cursor.fetchone()
-        return dict(zip(["owner_id", *STATUS_FIELDS], found, strict=True)) if found else None
+        return dict(zip(POLLED_FIELDS, found, strict=True)) if found else None
 
     def active_count(self, owner, *, up_to: int) -> int:
         with _connection().cursor() as cursor:

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class LivenessWriter:
-    def __init__(self, hostname: str, queues: list[str], interval: float):
+    def __init__(self, hostname: str, queues: list[str], interval: float, concurrency: int = 1):
         self.hostname = hostname
         self.queues = queues
+        self.concurrency = concurrency
         self.interval = interval
         self.started_at = timezone.now()
         self._stop = threading.Event()
@@ -53,6 +54,7 @@ class LivenessWriter:
             defaults={
                 "pid": os.getpid(),
                 "queues": self.queues,
+                "concurrency": self.concurrency,
                 "started_at": self.started_at,
                 "seen_at": timezone.now(),
             },

@@ -78,9 +78,22 @@ def conflict(detail: str, code: str, **fields: Any) -> Response:
     return Response({"detail": detail, "code": code, **fields}, status=status.HTTP_409_CONFLICT)
 
 
+# How finely a change of a queued job's estimated start changes its ETag (seconds).
+ESTIMATE_STEP = 10
+
+
 def etag_for(row: dict) -> str:
-    """The ETag of a polled status (status, progress, message, updated_at)."""
+    """The ETag of a polled status (status, progress, message, updated_at, and a queued
+    job's place in line: its count and estimate change while the row does not).
+
+    The estimate counts in with its start time to ESTIMATE_STEP seconds: the wait it
+    shows shrinks every second while the start it points at holds still, and a client
+    waiting for a change (`?wait=`) must not be answered every second for nothing."""
     raw = f"{row['status']}|{row['progress']}|{row['message']}|{row['updated_at'].isoformat()}"
+    if place := row.get("line"):
+        start = place["estimated_start_at"]
+        step = int(start.timestamp() // ESTIMATE_STEP) if start else None
+        raw += f"|{place['ahead']}|{place['ahead_capped']}|{step}"
     return '"' + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest() + '"'
 
 

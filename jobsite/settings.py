@@ -422,6 +422,12 @@ JOBS_BULK_MAX = env.int("JOBS_BULK_MAX", default=1000)
 JOBS_BATCH_MAX_JOBS = env.int("JOBS_BATCH_MAX_JOBS", default=1000)
 # The most jobs one job may wait for (depends_on).
 JOBS_MAX_DEPENDENCIES = env.int("JOBS_MAX_DEPENDENCIES", default=100)
+# A queued job's place in line (jobs/line.py): the jobs ahead are counted no further than
+# the cap; the estimate goes by the mean run time of the type's latest succeeded jobs,
+# and what it reads is kept this many seconds per process.
+JOBS_LINE_CAP = env.int("JOBS_LINE_CAP", default=1000)
+JOBS_LINE_SAMPLE = env.int("JOBS_LINE_SAMPLE", default=50)
+JOBS_LINE_CACHE_SECONDS = env.float("JOBS_LINE_CACHE_SECONDS", default=5.0)
 # Limits on jobs created through the API by non-staff users (see jobs/api.py):
 # queued + running jobs per user (0: no cap), and the longest system.sleep.
 JOBS_USER_MAX_ACTIVE = env.int("JOBS_USER_MAX_ACTIVE", default=1000)

@@ -7,14 +7,22 @@ import uuid
 from django.db.models import Q
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jobs.engine import InvalidTransition, Status, Via, one_line_error
+from jobs.engine import (
+    LINE_HELP,
+    InvalidTransition,
+    LineSerializer,
+    Status,
+    Via,
+    line_representation,
+    one_line_error,
+)
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
 from . import services
@@ -65,6 +73,18 @@ class ReportSerializer(serializers.ModelSerializer):
         return f"/api/reports/{report.id}/download/" if report.is_ready else None
 
 
+class ReportDetailSerializer(ReportSerializer):
+    line = serializers.SerializerMethodField(help_text=LINE_HELP)
+
+    class Meta(ReportSerializer.Meta):
+        fields = [*ReportSerializer.Meta.fields, "line"]
+        read_only_fields = fields
+
+    @extend_schema_field(LineSerializer(allow_null=True))
+    def get_line(self, report: Report) -> dict | None:
+        return line_representation(report.line)
+
+
 class ReportCreateSerializer(serializers.Serializer):
     kind = serializers.CharField(max_length=40)
     title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
@@ -77,6 +97,7 @@ class ReportStatusSerializer(serializers.Serializer):
     progress = serializers.IntegerField()
     message = serializers.CharField()
     updated_at = serializers.DateTimeField()
+    line = LineSerializer(allow_null=True, help_text=LINE_HELP)
 
 
 class ReportPagination(CursorPagination):
@@ -147,8 +168,9 @@ class ReportViewSet(viewsets.GenericViewSet):
         )
         return Response(ReportSerializer(report).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(responses=ReportDetailSerializer)
     def retrieve(self, request: Request, pk: str) -> Response:
-        return Response(ReportSerializer(self.get_object()).data)
+        return Response(ReportDetailSerializer(self.get_object()).data)
 
     @extend_schema(responses={200: ReportStatusSerializer, 304: None})
     @action(detail=True, methods=["get"])
@@ -161,6 +183,7 @@ class ReportViewSet(viewsets.GenericViewSet):
             "progress": job.progress if job else 100,
             "message": job.message if job else "",
             "updated_at": job.updated_at if job else report.created_at,
+            "line": report.line,
         }
         etag = etag_for(row)
         if etag in if_none_match(request):

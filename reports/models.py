@@ -6,9 +6,10 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.functional import cached_property
 from django.utils.text import slugify
 
-from jobs.engine import Job, Status
+from jobs.engine import Job, Status, place_data
 
 
 class Kind(models.TextChoices):
@@ -67,6 +68,13 @@ class Report(models.Model):
     @property
     def message(self) -> str:
         return self.job.message if self.job_id is not None else ""
+
+    @cached_property
+    def line(self) -> dict | None:
+        """While its job is queued, its place in line (jobs.line; two queries), else None."""
+        if self.job_id is None or self.job.status != Status.QUEUED:
+            return None
+        return place_data(self.job)
 
     @property
     def is_active(self) -> bool:

@@ -78,6 +78,35 @@
     bar.setAttribute("aria-valuenow", body.progress);
     bar.firstElementChild.style.width = `${body.progress}%`;
     tr.querySelector("[data-role=message]").textContent = body.message;
+    const line = tr.querySelector("[data-role=line]");
+    if (line) {
+      line.textContent = inLine(body.line);
+      line.hidden = !body.line;
+    }
+  }
+
+  // A queued report's place in line in words, as jobs/line.py's in_words says it.
+  function inLine(place) {
+    if (!place) return "";
+    let where;
+    if (place.ahead_capped) where = `${place.ahead}+ jobs ahead`;
+    else if (place.ahead === 0) where = "next in line";
+    else where = `${ordinal(place.ahead + 1)} in line`;
+    const wait = place.estimated_wait_seconds;
+    return wait === null || wait === undefined ? where : `${where}, about ${roundedDuration(wait)}`;
+  }
+
+  function ordinal(n) {
+    const suffix = n % 100 >= 10 && n % 100 <= 20 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return `${n}${suffix}`;
+  }
+
+  function roundedDuration(seconds) {
+    const fives = Math.max(5, 5 * Math.round(seconds / 5));
+    if (fives < 60) return `${fives} s`;
+    const minutes = Math.max(1, Math.round(seconds / 60));
+    if (minutes < 60) return `${minutes} min`;
+    return `${Math.round(seconds / 3600)} h`;
   }
 
   async function replaceRow(id) {

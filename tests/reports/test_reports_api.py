@@ -217,7 +217,8 @@ def test_status_is_small_and_answers_304_while_nothing_changed(api):
         f"/api/reports/{report_id}/status/", headers={"If-None-Match": first.headers["ETag"]}
     )
 
-    assert set(first.json()) == {"id", "status", "progress", "message", "updated_at"}
+    assert set(first.json()) == {"id", "status", "progress", "message", "updated_at", "line"}
+    assert first.json()["line"]["ahead"] == 0
     assert unchanged.status_code == 304
     assert changed.status_code == 200 and changed.json()["status"] == "cancelled"
 

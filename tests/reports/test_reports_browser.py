@@ -135,3 +135,24 @@ def test_a_user_filters_the_list_and_the_filter_stays_in_the_url(page, user):
     page.reload()
     assert page.get_by_label("Search").input_value() == "alp"
     assert "Beta" not in page.locator("#report-rows").inner_text()
+
+
+def test_a_queued_report_says_its_place_in_line_and_moves_up(page, user, other_user):
+    # No worker takes the reports queue: the reports wait, two of another user's first.
+    first = services.request_report(other_user, "job_activity", title="Theirs 1")
+    services.request_report(other_user, "job_activity", title="Theirs 2")
+    sign_in(page, user)
+
+    page.get_by_label("Title", exact=True).fill("Mine")
+    page.get_by_role("button", name="Generate").click()
+    row = page.locator("#report-rows tr.report", has_text="Mine")
+    line = row.locator("[data-role=line]")
+    line.get_by_text("3rd in line").wait_for()
+    Job.objects.filter(id=first.job_id).update(status=Status.RUNNING)
+    line.get_by_text("2nd in line").wait_for()  # the status poll redraws it
+
+    assert line.is_visible()
+    assert "Theirs" not in row.inner_text()
+    row.get_by_role("button", name="Cancel").click()
+    badge(row, "Cancelled").wait_for()
+    assert not line.is_visible()
