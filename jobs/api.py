@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
-from . import controls, queries, registry, services, visibility
+from . import controls, live_api, queries, registry, services, visibility
 from .audit import Via
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import RETRYABLE_STATUSES, Job, JobEvent, OperatorAction, Priority, Scope, Status
@@ -442,13 +442,24 @@ class JobViewSet(viewsets.GenericViewSet):
         job = self.get_object()
         return Response(JobDetailSerializer(job, context={"request": request}).data)
 
-    @extend_schema(responses={200: JobStatusSerializer, 304: None})
+    @extend_schema(
+        parameters=[live_api.WAIT_PARAMETER],
+        responses={200: JobStatusSerializer, 304: None, 503: live_api.PUSH_REFUSED},
+    )
     @action(detail=True, methods=["get"])
     def status(self, request: Request, pk: str) -> Response:
-        row = status_row(request.user, uuid_or_404(pk))
+        job_id = uuid_or_404(pk)
+        row = status_row(request.user, job_id)
         if row is None:
             raise Http404
-        etag = etag_for(row)
+        answer = live_api.long_poll(
+            request, job_id, (etag_for(row), row), lambda: _status_of(request.user, job_id)
+        )
+        if isinstance(answer, Response):
+            return answer
+        if answer is None:
+            raise Http404
+        etag, row = answer
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag in if_none_match(request):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -505,6 +516,11 @@ def _payload_errors(specs: dict[str, services.JobSpec]) -> dict:
 
 def _by_index(item: tuple[str, object]) -> int:
     return int(item[0])
+
+
+def _status_of(user, job_id: uuid.UUID) -> tuple[str, dict] | None:
+    row = status_row(user, job_id)
+    return None if row is None else (etag_for(row), row)
 
 
 def status_row(user, job_id: uuid.UUID) -> dict | None:

@@ -10,6 +10,7 @@ from .api import (
     JobViewSet,
     TypeLimits,
 )
+from .live_api import EventStream
 
 
 class ScopeConverter:
@@ -36,5 +37,6 @@ urlpatterns = [
     ),
     path("controls/type/<str:name>/limits/", TypeLimits.as_view(), name="control-limits"),
     path("audit/", AuditList.as_view(), name="audit"),
+    path("events/", EventStream.as_view(), name="events"),
     *router.urls,
 ]

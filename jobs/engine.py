@@ -7,6 +7,9 @@ from .audit import Via
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .followups import register as register_follow_up
+from .live import publish as publish_live_change
+from .live import publish_on_commit as publish_live_change_on_commit
+from .live_api import PUSH_REFUSED, WAIT_PARAMETER, long_poll
 from .models import FINISHED_STATUSES, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, enqueue, enqueue_many, retry
@@ -23,18 +26,23 @@ __all__ = [
     "JobSerializer",
     "JobSpec",
     "Limits",
+    "PUSH_REFUSED",
     "PermanentError",
     "Retention",
     "Status",
     "TooManyActiveJobs",
     "Unique",
     "Via",
+    "WAIT_PARAMETER",
     "cancel",
     "enqueue",
     "enqueue_many",
     "job_data",
     "job_type",
+    "long_poll",
     "one_line_error",
+    "publish_live_change",
+    "publish_live_change_on_commit",
     "register_follow_up",
     "retry",
 ]

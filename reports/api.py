@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db.models import Q
-from django.http import FileResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -14,7 +14,15 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jobs.engine import InvalidTransition, Status, Via, one_line_error
+from jobs.engine import (
+    PUSH_REFUSED,
+    WAIT_PARAMETER,
+    InvalidTransition,
+    Status,
+    Via,
+    long_poll,
+    one_line_error,
+)
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
 from . import services
@@ -101,6 +109,19 @@ def filter_reports(reports, status_filter: str | None, query: str | None):
     return reports
 
 
+def _status_of(report: Report) -> tuple[str, dict]:
+    """A report's polled status and its ETag."""
+    job = report.job
+    row = {
+        "id": report.id,
+        "status": report.status,
+        "progress": job.progress if job else 100,
+        "message": job.message if job else "",
+        "updated_at": job.updated_at if job else report.created_at,
+    }
+    return etag_for(row), row
+
+
 def _conflict(report: Report, detail: str, code: str) -> Response:
     return conflict(detail, code, report_id=str(report.id), status=report.status)
 
@@ -150,25 +171,31 @@ class ReportViewSet(viewsets.GenericViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(ReportSerializer(self.get_object()).data)
 
-    @extend_schema(responses={200: ReportStatusSerializer, 304: None})
+    @extend_schema(
+        parameters=[WAIT_PARAMETER],
+        responses={200: ReportStatusSerializer, 304: None, 503: PUSH_REFUSED},
+    )
     @action(detail=True, methods=["get"])
     def status(self, request: Request, pk: str) -> Response:
         report = self.get_object()
-        job = report.job
-        row = {
-            "id": report.id,
-            "status": report.status,
-            "progress": job.progress if job else 100,
-            "message": job.message if job else "",
-            "updated_at": job.updated_at if job else report.created_at,
-        }
-        etag = etag_for(row)
+        answer = long_poll(
+            request, report.job_id, _status_of(report), lambda: self._status_now(report.id)
+        )
+        if isinstance(answer, Response):
+            return answer
+        if answer is None:
+            raise Http404
+        etag, row = answer
         if etag in if_none_match(request):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         response = Response(ReportStatusSerializer(row).data)
         response["ETag"] = etag
         response["Cache-Control"] = "no-cache"
         return response
+
+    def _status_now(self, report_id) -> tuple[str, dict] | None:
+        report = self.get_queryset().filter(id=report_id).first()
+        return None if report is None else _status_of(report)
 
     @extend_schema(responses={(200, "application/pdf"): bytes, 409: None})
     @action(detail=True, methods=["get"])
