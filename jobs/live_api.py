@@ -109,6 +109,9 @@ class EventStreamRenderer(JSONRenderer):
     parameters=[
         OpenApiParameter("job", OpenApiTypes.UUID, many=True, description="Only these jobs"),
         OpenApiParameter("batch", str, many=True, description="Only the jobs of these batches"),
+        OpenApiParameter(
+            "mine", OpenApiTypes.BOOL, description="Only the caller's own jobs (for staff)"
+        ),
     ],
     responses={
         (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The events"),
@@ -122,6 +125,7 @@ class EventStream(APIView):
     def get(self, request: Request) -> Response | StreamingHttpResponse:
         job_ids = _job_filter(request)
         batch_ids = set(request.query_params.getlist("batch"))
+        mine = request.query_params.get("mine", "") in ("1", "true", "yes")
         if job_ids:
             visible = Job.objects.visible_to(request.user).filter(id__in=job_ids)
             if visible.count() != len(job_ids):
@@ -131,7 +135,7 @@ class EventStream(APIView):
         except live.PushUnavailable as exc:
             return refused(exc)
         live.close_database_connections()
-        stream = _Stream(request.user, seq, {str(i) for i in job_ids}, batch_ids)
+        stream = _Stream(request.user, seq, {str(i) for i in job_ids}, batch_ids, mine)
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
@@ -149,8 +153,11 @@ class _Stream:
     """The events of one client; gives its waiting place back when the server closes
     the response (the client left, or the stream ran its time)."""
 
-    def __init__(self, user: Any, seq: int, job_ids: set[str], batch_ids: set[str]):
+    def __init__(
+        self, user: Any, seq: int, job_ids: set[str], batch_ids: set[str], mine: bool = False
+    ):
         self.user = user
+        self.mine = mine
         self.seq = seq
         self.job_ids = job_ids
         self.batch_ids = batch_ids
@@ -184,6 +191,8 @@ class _Stream:
 
     def _wanted(self, change: live.Change) -> bool:
         if not live.visible_to(self.user, change):
+            return False
+        if self.mine and str(change.data.get("owner_id")) != str(self.user.pk):
             return False
         if change.kind == "batch":
             batch_id = str(change.data.get("id"))

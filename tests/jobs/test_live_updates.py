@@ -193,6 +193,17 @@ def test_users_get_their_own_jobs_staff_get_all(
     assert not mine.of(str(theirs.id))
 
 
+def test_mine_keeps_a_staff_stream_to_their_own_jobs(live_staff_api, user, staff_user, streams):
+    stream = streams(live_staff_api, "?mine=1")
+    wait_for(lambda: live.hub.waiting == 1, timeout=10)
+
+    theirs = services.enqueue("system.noop", owner=user).job
+    own = services.enqueue("system.noop", owner=staff_user).job
+
+    wait_for(lambda: stream.of(str(own.id)))
+    assert not stream.of(str(theirs.id))
+
+
 def test_a_job_filter_streams_only_those_jobs(live_api, user, streams):
     watched = services.enqueue("system.noop", owner=user).job
     unwatched = services.enqueue("system.noop", owner=user).job
