@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,9 @@ THREADS = int(os.environ.get("BENCH_PUSH_THREADS", "32"))
 CAP = int(os.environ.get("BENCH_PUSH_MAX_WAITING", str(THREADS - 8)))
 CLIENTS = [int(n) for n in os.environ.get("BENCH_PUSH_CLIENTS", f"1,8,16,{CAP}").split(",")]
 ROUNDS = int(os.environ.get("BENCH_PUSH_ROUNDS", "10"))
+# The server notices a client that left at its next keep-alive: between runs the bench
+# waits for the last run's clients to be let go.
+KEEPALIVE = 1.0
 
 
 @contextmanager
@@ -47,7 +51,12 @@ def one_web_process() -> Iterator[Server]:
     command[0] = str(Path(sys.executable).with_name(command[0]))
     log_dir = Path(tempfile.mkdtemp(prefix="jobsite-bench-push-"))
     log_path = log_dir / "gunicorn.log"
-    env = {**os.environ, "WEB_THREADS": str(THREADS), "PUSH_MAX_WAITING": str(CAP)}
+    env = {
+        **os.environ,
+        "WEB_THREADS": str(THREADS),
+        "PUSH_MAX_WAITING": str(CAP),
+        "PUSH_KEEPALIVE_SECONDS": str(KEEPALIVE),
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=harness.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -95,6 +104,11 @@ class Client:
             pass
 
     def close(self) -> None:
+        # Closing the response waits for the reading thread's lock on its buffer; shutting
+        # the socket down ends that read at once.
+        connection = getattr(self.response.raw, "_connection", None)
+        if connection is not None and connection.sock is not None:
+            connection.sock.shutdown(socket.SHUT_RDWR)
         self.response.close()
 
 
@@ -153,6 +167,7 @@ def measure(server: Server, headers: dict[str, str], n: int) -> dict:
     finally:
         for client in clients:
             client.close()
+        time.sleep(3 * KEEPALIVE)
 
 
 def main() -> harness.Results:

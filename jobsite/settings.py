@@ -448,8 +448,9 @@ PUSH_MAX_WAITING = env.int("PUSH_MAX_WAITING", default=max(1, WEB_THREADS - 8))
 # event stream lasts before the client reconnects (so threads are recycled).
 PUSH_MAX_WAIT_SECONDS = env.float("PUSH_MAX_WAIT_SECONDS", default=30.0)
 PUSH_STREAM_SECONDS = env.float("PUSH_STREAM_SECONDS", default=300.0)
-# A quiet stream sends a keep-alive comment this often; the hub pings Redis as often.
-PUSH_KEEPALIVE_SECONDS = env.float("PUSH_KEEPALIVE_SECONDS", default=15.0)
+# A quiet stream sends a keep-alive comment this often (a client that left is noticed,
+# and its thread freed, at the next one); the hub pings Redis when quiet as long.
+PUSH_KEEPALIVE_SECONDS = env.float("PUSH_KEEPALIVE_SECONDS", default=5.0)
 # How long the hub may take to (re)connect to Redis before clients are told to poll,
 # and how long it waits before trying again after losing it.
 PUSH_CONNECT_TIMEOUT = env.float("PUSH_CONNECT_TIMEOUT", default=1.0)
