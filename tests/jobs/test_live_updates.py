@@ -339,3 +339,20 @@ def test_a_hung_redis_is_noticed_by_the_hub(live_api, own_redis, settings, strea
 
     wait_for(lambda: not live.hub.connected, timeout=10, what="the hub to notice")
     assert live_api.get("/api/events/").status_code == 503
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+def test_the_schema_describes_the_stream_and_the_wait_parameter(api):
+    schema = api.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"})
+    paths = schema.json()["paths"]
+
+    stream = paths["/api/events/"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert {p["name"] for p in stream["parameters"]} >= {"job", "batch", "mine"}
+    assert "503" in stream["responses"]
+    for path in ("/api/jobs/{id}/status/", "/api/reports/{id}/status/"):
+        operation = paths[path]["get"]
+        assert "wait" in {p["name"] for p in operation["parameters"]}
+        assert {"200", "304", "503"} <= set(operation["responses"])
