@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -216,7 +217,9 @@ class Hub:
                 self._condition.wait(remaining)
             if self._seq <= after:
                 return after, []
-            return self._seq, [c for c in self._changes if c.seq > after]
+            # The numbers run without gaps: the newest seq - after changes are the ones.
+            new = min(self._seq - after, len(self._changes))
+            return self._seq, list(islice(reversed(self._changes), new))[::-1]
 
     # --- hearing -----------------------------------------------------------------------
 
