@@ -88,14 +88,6 @@ def long_poll(
         return refused(exc)
 
 
-class EventStreamRenderer(JSONRenderer):
-    """Lets an `Accept: text/event-stream` request through content negotiation; errors
-    are still JSON."""
-
-    media_type = "text/event-stream"
-    format = "event-stream"
-
-
 @extend_schema(
     tags=["jobs"],
     summary="Live updates of jobs as Server-Sent Events",
@@ -120,7 +112,11 @@ class EventStreamRenderer(JSONRenderer):
     },
 )
 class EventStream(APIView):
-    renderer_classes = [JSONRenderer, EventStreamRenderer]
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # EventSource asks for text/event-stream, which the stream is; errors are JSON.
+        return super().perform_content_negotiation(request, force=True)
 
     def get(self, request: Request) -> Response | StreamingHttpResponse:
         job_ids = _job_filter(request)
