@@ -29,4 +29,4 @@ RUN useradd --create-home --uid 1000 jobsite \
 USER jobsite
 
 EXPOSE 8000
-CMD ["gunicorn", "jobsite.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--access-logfile", "-"]
+CMD ["gunicorn", "jobsite.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "32", "--access-logfile", "-"]

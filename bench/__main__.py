@@ -1,4 +1,4 @@
-"""`python -m bench [NAME ...]`: run the benchmarks (all ten by default), each in a
+"""`python -m bench [NAME ...]`: run the benchmarks (all eleven by default), each in a
 process of its own (each sets Django up for its own database), print their figures as
 they come, and write bench/results/summary.json next to each bench/results/NAME.json."""
 
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from bench import harness
 
 # In the issue's order: end-to-end, enqueue, API, reports, scale, recovery, latency, pools;
-# then the API with the broker paused; then the cost of a limit check.
+# then the API with the broker paused; then the cost of a limit check; then live updates.
 BENCHMARKS = [
     "e2e",
     "enqueue",
@@ -26,6 +26,7 @@ BENCHMARKS = [
     "pools",
     "hang",
     "limits",
+    "push",
 ]
 
 

@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
 
-from . import controls, dependencies, line, queries, registry, services, visibility
+from . import controls, dependencies, line, live_api, queries, registry, services, visibility
 from .audit import Via
 from .errors import IdempotencyConflict, InvalidTransition, TooManyActiveJobs
 from .models import (
@@ -529,14 +529,24 @@ class JobViewSet(viewsets.GenericViewSet):
         job = self.get_object()
         return Response(JobDetailSerializer(job, context={"request": request}).data)
 
-    @extend_schema(responses={200: JobStatusSerializer, 304: None})
+    @extend_schema(
+        parameters=[live_api.WAIT_PARAMETER],
+        responses={200: JobStatusSerializer, 304: None, 503: live_api.PUSH_REFUSED},
+    )
     @action(detail=True, methods=["get"])
     def status(self, request: Request, pk: str) -> Response:
-        row = status_row(request.user, uuid_or_404(pk))
+        job_id = uuid_or_404(pk)
+        row = status_row(request.user, job_id)
         if row is None:
             raise Http404
-        row["line"] = line_of(row)
-        etag = etag_for(row)
+        answer = live_api.long_poll(
+            request, job_id, (etag_for(row), row), lambda: _status_of(request.user, job_id)
+        )
+        if isinstance(answer, Response):
+            return answer
+        if answer is None:
+            raise Http404
+        etag, row = answer
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag in if_none_match(request):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -595,6 +605,11 @@ def _by_index(item: tuple[str, object]) -> int:
     return int(item[0])
 
 
+def _status_of(user, job_id: uuid.UUID) -> tuple[str, dict] | None:
+    row = status_row(user, job_id)
+    return None if row is None else (etag_for(row), row)
+
+
 def status_row(user, job_id: uuid.UUID) -> dict | None:
     """The polled fields of a job, or None if there is no such job the user may see
     (staff see every job, others their own, as `Job.objects.visible_to`)."""
@@ -602,7 +617,10 @@ def status_row(user, job_id: uuid.UUID) -> dict | None:
     if row is None:
         return None
     owner_id = row.pop("owner_id")
-    return row if user.is_staff or owner_id == user.pk else None
+    if not (user.is_staff or owner_id == user.pk):
+        return None
+    row["line"] = line_of(row)
+    return row
 
 
 def line_of(row: dict) -> dict | None:

@@ -11,6 +11,7 @@ from .api import (
     TypeLimits,
 )
 from .batch_api import BatchViewSet
+from .live_api import EventStream
 
 
 class ScopeConverter:
@@ -38,5 +39,6 @@ urlpatterns = [
     ),
     path("controls/type/<str:name>/limits/", TypeLimits.as_view(), name="control-limits"),
     path("audit/", AuditList.as_view(), name="audit"),
+    path("events/", EventStream.as_view(), name="events"),
     *router.urls,
 ]

@@ -18,6 +18,9 @@ from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
 from .followups import register as register_follow_up
 from .line import Place, in_words, place_data, place_in_line
+from .live import publish as publish_live_change
+from .live import publish_on_commit as publish_live_change_on_commit
+from .live_api import PUSH_REFUSED, WAIT_PARAMETER, long_poll
 from .models import FINISHED_STATUSES, Batch, BatchState, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, chain, enqueue, enqueue_many, retry
@@ -40,6 +43,7 @@ __all__ = [
     "LINE_HELP",
     "LineSerializer",
     "Limits",
+    "PUSH_REFUSED",
     "PermanentError",
     "Place",
     "Retention",
@@ -51,6 +55,7 @@ __all__ = [
     "batch_finished",
     "batch_of_callback",
     "batch_summary",
+    "WAIT_PARAMETER",
     "cancel",
     "cancel_batch",
     "create_batch",
@@ -64,6 +69,10 @@ __all__ = [
     "one_line_error",
     "place_data",
     "place_in_line",
+    "long_poll",
+    "one_line_error",
+    "publish_live_change",
+    "publish_live_change_on_commit",
     "register_follow_up",
     "retry",
 ]

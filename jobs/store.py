@@ -32,6 +32,7 @@ from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Case, Exists, F, JSONField, OuterRef, Q, QuerySet, Value, When
 
+from . import live
 from .models import (
     ACTIVE_STATUSES,
     RETRYABLE_STATUSES,
@@ -117,6 +118,7 @@ class JobStore:
             self._add_events(EventKind.CREATED, [(job.id, created_message(job), 0)], job.created_at)
             if job.dispatched_at:
                 self._add_events(EventKind.DISPATCHED, [(job.id, "", 0)], job.created_at)
+            live.changed([job])
 
     def insert_many(self, jobs: Sequence[Job], now: datetime) -> None:
         """Insert new jobs with their `created` (and `dispatched`) events. Runs inside
@@ -132,6 +134,7 @@ class JobStore:
             self._add_events(EventKind.CREATED, [(j.id, created_message(j), 0) for j in jobs], now)
             sent = [j for j in jobs if j.dispatched_at]
             self._add_events(EventKind.DISPATCHED, [(j.id, "", 0) for j in sent], now)
+            live.changed(jobs)
 
     # --- unique jobs (jobs/services.py) ------------------------------------------------
 
@@ -234,7 +237,16 @@ class JobStore:
         running = held(job.id, job.attempts).filter(cancel_requested=False)
         changes = {"progress": percent, "message": message[:255], "heartbeat_at": now}
         if milestone is None:
-            return bool(running.update(**changes, updated_at=now))
+            if not running.update(**changes, updated_at=now):
+                return False
+            live.changed(
+                [job],
+                status=Status.RUNNING,
+                progress=percent,
+                message=message[:255],
+                updated_at=now,
+            )
+            return True
         with transaction.atomic():
             if not running.update(**changes, updated_at=now):
                 return False
@@ -661,6 +673,7 @@ class JobStore:
         JobEvent.objects.create(
             job_id=job.id, kind=kind, message=message[:500], attempt=job.attempts, created_at=now
         )
+        self._publish_change(kind, [job.id])
 
     def _add_events(self, kind: str, rows: list[tuple[Any, str, int]], now: datetime) -> None:
         """One `kind` event per (job id, message, attempt) row."""
@@ -673,6 +686,19 @@ class JobStore:
             ],
             batch_size=1000,
         )
+        self._publish_change(kind, [job_id for job_id, _, _ in rows])
+
+    @staticmethod
+    def _publish_change(kind: str, job_ids: list[Any]) -> None:
+        """Tell live clients (jobs/live.py) about the jobs an event was added for, once
+        committed. New jobs are told by their creator, which holds them; a dispatch
+        mark changes nothing a client sees."""
+        if kind not in _UNSEEN_EVENTS:
+            live.changed_ids(job_ids)
+
+
+# Events whose change live clients are told about otherwise, or not at all.
+_UNSEEN_EVENTS = {EventKind.CREATED, EventKind.DISPATCHED}
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -797,6 +823,7 @@ class PostgresJobStore(JobStore):
             cursor.execute(INSERT_SQL, (*values, created_message(job)))
         job._state.adding = False
         job._state.db = Job.objects.db
+        live.changed([job])
 
     def insert_many(self, jobs: Sequence[Job], now: datetime) -> None:
         """Through COPY, which takes the values as they are instead of preparing every
@@ -817,6 +844,7 @@ class PostgresJobStore(JobStore):
             )
             sent = [(j.id, "", 0) for j in jobs if j.dispatched_at]
             self._add_events_at(cursor, EventKind.DISPATCHED, sent, now)
+            live.changed(jobs)
 
     def mark_dispatched(self, jobs: Sequence[Job], now: datetime) -> None:
         with _connection().cursor() as cursor:
@@ -830,7 +858,11 @@ class PostgresJobStore(JobStore):
         with _prepared_cursor(connection) as cursor:
             cursor.execute(sql, {"id": job_id, "now": now, "due": due})
             row = cursor.fetchone()
-        return None if row is None else _job_from_row(row, connection)
+        if row is None:
+            return None
+        job = _job_from_row(row, connection)
+        live.changed([job])
+        return job
 
     def finish(
         self,
@@ -858,7 +890,13 @@ class PostgresJobStore(JobStore):
         }
         with _prepared_cursor(connection) as cursor:
             cursor.execute(FINISH_SQL, params)
-            return cursor.rowcount > 0
+            if cursor.rowcount <= 0:
+                return False
+        if progress is None or message is None:
+            live.changed_ids([job.id])  # the row keeps values this run does not hold
+        else:
+            live.changed([job], status=status, progress=progress, message=message, updated_at=now)
+        return True
 
     def schedule_retry(
         self, job: Job, now: datetime, *, run_at: datetime, error: str, delay: float
@@ -874,7 +912,10 @@ class PostgresJobStore(JobStore):
         }
         with _prepared_cursor(_connection()) as cursor:
             cursor.execute(RETRY_SQL, params)
-            return cursor.rowcount > 0
+            if cursor.rowcount <= 0:
+                return False
+        live.changed_ids([job.id])
+        return True
 
     def status_row(self, job_id: Any) -> dict | None:
         # psycopg returns the values as Python types: no ORM needed to read them.
@@ -893,6 +934,7 @@ class PostgresJobStore(JobStore):
     ) -> None:
         if not rows:
             return
+        self._publish_change(kind, [job_id for job_id, _, _ in rows])
         ids, texts, attempts = zip(*rows, strict=True)
         if len(set(texts)) == 1 and len(set(attempts)) == 1:
             cursor.execute(

@@ -463,6 +463,33 @@ JOBS_PREPARED_STATEMENTS = env.bool("JOBS_PREPARED_STATEMENTS", default=True)
 # Also store each job run's outcome in django-celery-results (the job row has it anyway).
 JOBS_STORE_TASK_RESULTS = env.bool("JOBS_STORE_TASK_RESULTS", default=False)
 
+# Live updates (jobs/live.py): job changes published to a Redis pub/sub channel and
+# pushed to waiting clients (GET /api/events/, the status endpoints' ?wait=).
+PUSH_ENABLED = env.bool("PUSH_ENABLED", default=True)
+PUSH_REDIS_URL = env("PUSH_REDIS_URL", default=REDIS_URL)
+# The channel's name; by default derived from PUSH_REDIS_URL's database number.
+PUSH_CHANNEL = env("PUSH_CHANNEL", default="")
+# Publishing gives up on Redis after this many seconds and, after a failure, skips it
+# for PUSH_BREAKER_SECONDS: a Redis that hangs never holds a worker or a request.
+PUSH_PUBLISH_TIMEOUT = env.float("PUSH_PUBLISH_TIMEOUT", default=0.2)
+PUSH_BREAKER_SECONDS = env.float("PUSH_BREAKER_SECONDS", default=2.0)
+# Each waiting client holds one of the web process's threads (gunicorn --threads,
+# WEB_THREADS): at most this many wait at once per process, the rest are told to poll
+# (503), so that WEB_THREADS - PUSH_MAX_WAITING threads stay for ordinary requests.
+WEB_THREADS = env.int("WEB_THREADS", default=32)
+PUSH_MAX_WAITING = env.int("PUSH_MAX_WAITING", default=max(1, WEB_THREADS - 8))
+# The longest ?wait= of a status endpoint (longer ones are cut to it), and how long an
+# event stream lasts before the client reconnects (so threads are recycled).
+PUSH_MAX_WAIT_SECONDS = env.float("PUSH_MAX_WAIT_SECONDS", default=30.0)
+PUSH_STREAM_SECONDS = env.float("PUSH_STREAM_SECONDS", default=300.0)
+# A quiet stream sends a keep-alive comment this often (a client that left is noticed,
+# and its thread freed, at the next one); the hub pings Redis when quiet as long.
+PUSH_KEEPALIVE_SECONDS = env.float("PUSH_KEEPALIVE_SECONDS", default=5.0)
+# How long the hub may take to (re)connect to Redis before clients are told to poll,
+# and how long it waits before trying again after losing it.
+PUSH_CONNECT_TIMEOUT = env.float("PUSH_CONNECT_TIMEOUT", default=1.0)
+PUSH_RECONNECT_SECONDS = env.float("PUSH_RECONNECT_SECONDS", default=1.0)
+
 LOG_FORMAT = env("LOG_FORMAT", default="text")
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db.models import Q
-from django.http import FileResponse
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status, viewsets
@@ -16,11 +16,14 @@ from rest_framework.response import Response
 
 from jobs.engine import (
     LINE_HELP,
+    PUSH_REFUSED,
+    WAIT_PARAMETER,
     InvalidTransition,
     LineSerializer,
     Status,
     Via,
     line_representation,
+    long_poll,
     one_line_error,
 )
 from jobsite.api import conflict, etag_for, if_none_match, uuid_or_404
@@ -122,6 +125,20 @@ def filter_reports(reports, status_filter: str | None, query: str | None):
     return reports
 
 
+def _status_of(report: Report) -> tuple[str, dict]:
+    """A report's polled status and its ETag."""
+    job = report.job
+    row = {
+        "id": report.id,
+        "status": report.status,
+        "progress": job.progress if job else 100,
+        "message": job.message if job else "",
+        "updated_at": job.updated_at if job else report.created_at,
+        "line": report.line,
+    }
+    return etag_for(row), row
+
+
 def _conflict(report: Report, detail: str, code: str) -> Response:
     return conflict(detail, code, report_id=str(report.id), status=report.status)
 
@@ -172,26 +189,31 @@ class ReportViewSet(viewsets.GenericViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(ReportDetailSerializer(self.get_object()).data)
 
-    @extend_schema(responses={200: ReportStatusSerializer, 304: None})
+    @extend_schema(
+        parameters=[WAIT_PARAMETER],
+        responses={200: ReportStatusSerializer, 304: None, 503: PUSH_REFUSED},
+    )
     @action(detail=True, methods=["get"])
     def status(self, request: Request, pk: str) -> Response:
         report = self.get_object()
-        job = report.job
-        row = {
-            "id": report.id,
-            "status": report.status,
-            "progress": job.progress if job else 100,
-            "message": job.message if job else "",
-            "updated_at": job.updated_at if job else report.created_at,
-            "line": report.line,
-        }
-        etag = etag_for(row)
+        answer = long_poll(
+            request, report.job_id, _status_of(report), lambda: self._status_now(report.id)
+        )
+        if isinstance(answer, Response):
+            return answer
+        if answer is None:
+            raise Http404
+        etag, row = answer
         if etag in if_none_match(request):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         response = Response(ReportStatusSerializer(row).data)
         response["ETag"] = etag
         response["Cache-Control"] = "no-cache"
         return response
+
+    def _status_now(self, report_id) -> tuple[str, dict] | None:
+        report = self.get_queryset().filter(id=report_id).first()
+        return None if report is None else _status_of(report)
 
     @extend_schema(responses={(200, "application/pdf"): bytes, 409: None})
     @action(detail=True, methods=["get"])

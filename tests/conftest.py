@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 from kombu import pools
 
-from jobs import messages
+from jobs import live, messages
 from jobsite import throttles
 from jobsite.celery_app import app as celery_app
 from jobsite.embedded_redis import EmbeddedRedis
@@ -237,6 +237,7 @@ def closed_breakers():
     """Each test starts with the broker's and the rate limits' breakers closed."""
     messages.breaker.reset()
     throttles.breaker.reset()
+    live.breaker.reset()
 
 
 @pytest.fixture

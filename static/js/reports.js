@@ -1,10 +1,17 @@
 // The reports page without reloads: generate, cancel and retry by fetch, filter in place
-// (kept in the URL), and poll each active report's status endpoint about once a second,
-// stopping when none is active. Without this script the page still works through its forms.
+// (kept in the URL), and follow active reports as their jobs change: pushed through the
+// event stream (/api/events/) while it is available, else by polling each active report's
+// status endpoint about once a second; both stop when none is active. Without this
+// script the page still works through its forms.
 (function () {
   "use strict";
 
   const POLL_MS = 1000;
+  const PUSH_RETRY_MS = 10000; // after the stream was refused: poll, then try it again
+  // A queued report moves up the line as other users' jobs start, which its own stream
+  // does not carry: while pushing, queued rows re-read their place this often (a 304
+  // until it changed).
+  const LINE_MS = 15000;
   const ACTIVE = new Set(["queued", "running"]);
   const LABELS = { queued: "Queued", running: "Running", succeeded: "Ready", failed: "Failed", cancelled: "Cancelled", expired: "Expired" };
   const rows = document.getElementById("report-rows");
@@ -12,6 +19,10 @@
   const filterForm = document.getElementById("filter-form");
   const etags = new Map();
   let timer = null;
+  let source = null; // the event stream, while open or reconnecting
+  let pushing = false; // the stream is open: no polling needed
+  let pushRetry = null;
+  let lineTimer = null;
 
   function csrfToken() {
     const field = document.querySelector("input[name=csrfmiddlewaretoken]");
@@ -32,22 +43,88 @@
     return Array.from(rows.querySelectorAll("tr.report")).filter((tr) => ACTIVE.has(tr.dataset.status));
   }
 
-  function ensurePolling() {
-    if (timer === null && activeRows().length) {
+  function ensureUpdates() {
+    if (!activeRows().length) return;
+    if (window.EventSource && source === null && pushRetry === null) {
+      openStream();
+    }
+    if (!pushing && timer === null) {
       timer = window.setInterval(poll, POLL_MS);
     }
   }
 
-  function stopPollingIfIdle() {
-    if (timer !== null && !activeRows().length) {
+  function stopPolling() {
+    if (timer !== null) {
       window.clearInterval(timer);
       timer = null;
     }
   }
 
+  function stopLineRefresh() {
+    if (lineTimer !== null) {
+      window.clearInterval(lineTimer);
+      lineTimer = null;
+    }
+  }
+
+  function refreshPlacesInLine() {
+    activeRows()
+      .filter((tr) => tr.dataset.status === "queued")
+      .forEach(refreshStatus);
+  }
+
+  function stopUpdatesIfIdle() {
+    if (activeRows().length) return;
+    stopPolling();
+    stopLineRefresh();
+    if (source !== null) {
+      source.close();
+      source = null;
+      pushing = false;
+    }
+  }
+
+  function openStream() {
+    source = new EventSource("/api/events/?mine=1");
+    source.addEventListener("open", () => {
+      pushing = true;
+      stopPolling();
+      poll(); // once: what changed before the stream opened
+      if (lineTimer === null) lineTimer = window.setInterval(refreshPlacesInLine, LINE_MS);
+    });
+    source.addEventListener("job", (event) => followJob(JSON.parse(event.data)));
+    source.addEventListener("error", () => {
+      pushing = false;
+      stopLineRefresh();
+      if (source && source.readyState === EventSource.CLOSED) {
+        // Refused (503: too busy, or the server cannot push now): poll, try again later.
+        source = null;
+        pushRetry = window.setTimeout(() => {
+          pushRetry = null;
+          ensureUpdates();
+        }, PUSH_RETRY_MS);
+      }
+      ensureUpdates(); // poll while it reconnects
+    });
+  }
+
+  async function followJob(job) {
+    const tr = rows.querySelector(`tr.report[data-job="${CSS.escape(String(job.id))}"]`);
+    if (!tr) return;
+    etags.delete(tr.dataset.id);
+    if (job.status !== tr.dataset.status && !ACTIVE.has(job.status)) {
+      await replaceRow(tr.dataset.id); // finished: new actions, finish time
+    } else if (job.status === "queued") {
+      await refreshStatus(tr); // queued again: its place in line comes with its status
+    } else {
+      showStatus(tr, job);
+    }
+    stopUpdatesIfIdle();
+  }
+
   async function poll() {
     await Promise.all(activeRows().map(refreshStatus));
-    stopPollingIfIdle();
+    stopUpdatesIfIdle();
   }
 
   async function refreshStatus(tr) {
@@ -79,7 +156,7 @@
     bar.firstElementChild.style.width = `${body.progress}%`;
     tr.querySelector("[data-role=message]").textContent = body.message;
     const line = tr.querySelector("[data-role=line]");
-    if (line) {
+    if (line && (body.status !== "queued" || "line" in body)) {
       line.textContent = inLine(body.line);
       line.hidden = !body.line;
     }
@@ -125,7 +202,7 @@
       errors.innerHTML = "";
       rows.querySelector("tr.empty")?.remove();
       rows.prepend(toRow(await response.text()));
-      ensurePolling();
+      ensureUpdates();
     } else {
       errors.innerHTML = await response.text();
     }
@@ -144,7 +221,7 @@
     if (response.ok) {
       etags.delete(tr.dataset.id);
       tr.replaceWith(toRow(await response.text()));
-      ensurePolling();
+      ensureUpdates();
     } else {
       await replaceRow(tr.dataset.id); // someone else changed it first: show what it is now
     }
@@ -162,7 +239,7 @@
     rows.innerHTML = await response.text();
     window.history.replaceState(null, "", `/reports/${query ? "?" + query : ""}`);
     etags.clear();
-    ensurePolling();
+    ensureUpdates();
   }
 
   function showKindFields() {
@@ -178,5 +255,5 @@
   filterForm.addEventListener("submit", applyFilters);
   filterForm.querySelector("[name=status]").addEventListener("change", () => applyFilters());
   showKindFields();
-  ensurePolling();
+  ensureUpdates();
 })();

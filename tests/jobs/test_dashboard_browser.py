@@ -7,9 +7,10 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from jobs import controls, history, scheduling, services
+from jobs import controls, history, live, scheduling, services
 from jobs.models import Job, Scope, Status
 from tests.conftest import CHROMIUM, PASSWORD
+from tests.support import wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -154,3 +155,29 @@ def test_a_queue_paused_from_the_dashboard_shows_paused_beside_the_schedules(pag
     reminder = page.locator('[data-schedule="reminder"]')
     assert "Every 5 minutes" in reminder.inner_text()
     assert reminder.get_by_role("button", name="Run schedule reminder now").is_visible()
+
+
+def test_the_dashboard_refreshes_when_jobs_change_not_on_a_timer(page, staff_user, settings):
+    """With the page's clock stopped, its 5 s polling timer never fires: the figures can
+    only move because a change was pushed (the refresh it triggers runs after 0.3 s)."""
+    settings.PUSH_KEEPALIVE_SECONDS = 0.5
+    live.hub.stop()
+    page.clock.install()
+    open_dashboard(page, staff_user)
+    page.clock.pause_at(timezone.now() + timedelta(minutes=5))
+    wait_for(lambda: live.hub.waiting == 1, timeout=20, what="the dashboard's stream to open")
+    page.clock.run_for(400)  # the refresh that follows the stream's opening
+    queued = page.locator("[data-total=queued]")
+    page.wait_for_function("document.querySelector('[data-total=queued]').textContent === '0'")
+
+    for _ in range(3):
+        services.enqueue("system.noop")
+
+    # Four seconds of the page's time at most, a tenth at a time: short of its 5 s timer.
+    for _ in range(40):
+        page.clock.run_for(100)
+        if queued.inner_text() == "3":
+            break
+        page.wait_for_timeout(50)
+    assert queued.inner_text() == "3"
+    live.hub.stop()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from pytest_django.live_server_helper import LiveServer
 
 from tests.security.matrix import (
@@ -85,6 +86,8 @@ TABLE: list[Row] = [
     row("GET",   "/api/batches/{batch}/",                 401,   200,   404,   200,   200),
     row("POST",  "/api/batches/{batch}/cancel/",          401,   200,   404,   403,   200),
     row("GET",   "/api/batches/{batch}/jobs/",            401,   200,   404,   200,   200),
+    # live updates: everyone signed in gets a stream, of their own jobs' changes
+    row("GET",   "/api/events/",                          401,   200,   200,   200,   200),
     # --- operators' controls and audit log: staff; acting takes jobs.pause_jobs or
     # jobs.change_limits
     row("GET",   "/api/controls/",                        401,   403,   403,   200,   200),
@@ -248,7 +251,8 @@ class Outcomes:
 def outcomes(django_db_setup, django_db_blocker) -> Outcomes:
     """Every cell's observed status, from one run over the table: users and a live server
     made once for the module, the database flushed once at the end."""
-    with django_db_blocker.unblock():
+    # An event stream answers at once and ends, instead of holding the caller.
+    with django_db_blocker.unblock(), override_settings(PUSH_STREAM_SECONDS=0):
         server = LiveServer("127.0.0.1:0")
         try:
             people = People.create()

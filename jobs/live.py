@@ -1,0 +1,351 @@
+"""Live updates: job (and batch) changes pushed to the clients waiting for them.
+
+Publishing. Once a change is committed the store hands it to `publish` (through
+`changed` / `changed_ids`), which sends one small JSON message per transaction to a
+Redis pub/sub channel. Redis is asked with PUSH_PUBLISH_TIMEOUT and not at all for
+PUSH_BREAKER_SECONDS after a failure, so a Redis that hangs or is down never holds a
+worker or a request: a lost message only delays an update until the waiting client's
+next re-check.
+
+Waiting. Each web process keeps one `Hub`: a background thread subscribed to the
+channel that numbers the changes it hears and wakes the threads waiting for them
+(`threading.Condition`). A waiting request holds a gunicorn thread and nothing else: no
+database connection (closed before waiting) and no Redis connection of its own. At most
+PUSH_MAX_WAITING requests of a process wait at once; the next ones are refused with a
+503 (`push_busy`), as they are while the hub cannot hear Redis (`push_unavailable`), and
+clients poll instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from itertools import islice
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from django.conf import settings
+from django.db import connections, transaction
+
+from jobsite.circuit import CircuitBreaker, CircuitOpen
+
+log = logging.getLogger(__name__)
+
+KINDS = ("job", "batch")
+# The fields of a change message, besides `kind`: a job's polled status with its owner
+# and batch.
+FIELDS = ("id", "owner_id", "batch_id", "status", "progress", "message", "updated_at")
+
+breaker = CircuitBreaker("Redis (live updates)", lambda: settings.PUSH_BREAKER_SECONDS)
+
+
+def channel_name() -> str:
+    """The pub/sub channel: pub/sub ignores Redis database numbers, so the channel
+    carries the one PUSH_REDIS_URL names (deployments sharing a Redis stay apart)."""
+    if settings.PUSH_CHANNEL:
+        return settings.PUSH_CHANNEL
+    database = urlsplit(settings.PUSH_REDIS_URL).path.strip("/") or "0"
+    return f"jobsite:live:{database}"
+
+
+# --- publishing ----------------------------------------------------------------------------
+
+
+@cache
+def _publisher() -> redis.Redis:
+    timeout = settings.PUSH_PUBLISH_TIMEOUT
+    return redis.Redis.from_url(
+        settings.PUSH_REDIS_URL,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=None,
+    )
+
+
+def publish(changes: list[dict[str, Any]], kind: str = "job") -> bool:
+    """Send `changes` (dicts of FIELDS; a batch's may carry other fields) of `kind`
+    ("job" or "batch") now, in one message. Never raises: False when Redis failed, did
+    not answer in time or is being skipped by the breaker."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    if not changes or not settings.PUSH_ENABLED:
+        return False
+    message = json.dumps({"kind": kind, "changes": changes}, default=_json_value)
+    try:
+        with breaker.guard(failures=(redis.RedisError, OSError)):
+            _publisher().publish(channel_name(), message)
+        return True
+    except CircuitOpen:
+        return False
+    except Exception as exc:
+        log.warning("Live update not published (clients see it at their next check): %s", exc)
+        return False
+
+
+def publish_on_commit(changes: list[dict[str, Any]], kind: str = "job") -> None:
+    """`publish` once the surrounding transaction commits (at once outside one)."""
+    if changes and settings.PUSH_ENABLED:
+        transaction.on_commit(lambda: publish(changes, kind))
+
+
+def job_change(job: Any, **fields: Any) -> dict[str, Any]:
+    """A job's change message from the job object, `fields` overriding its values."""
+    change = {
+        "id": job.id,
+        "owner_id": job.owner_id,
+        "batch_id": getattr(job, "batch_id", None),
+        "status": job.status,
+        "progress": job.progress,
+        "message": job.message,
+        "updated_at": job.updated_at,
+    }
+    change.update(fields)
+    return change
+
+
+def changed(jobs: Iterable[Any], **fields: Any) -> None:
+    """Publish, after commit, the jobs' changes as the objects (and `fields`) show them."""
+    publish_on_commit([job_change(job, **fields) for job in jobs])
+
+
+def changed_ids(job_ids: Iterable[Any]) -> None:
+    """Publish, after commit, the changes of jobs whose new state the caller does not
+    hold: read back in one query once committed."""
+    ids = list(job_ids)
+    if ids and settings.PUSH_ENABLED:
+        transaction.on_commit(lambda: publish(_read_back(ids)))
+
+
+def _read_back(ids: list[Any]) -> list[dict[str, Any]]:
+    from .models import Job
+
+    has_batch = any(f.name == "batch" for f in Job._meta.get_fields())
+    fields = [f for f in FIELDS if f != "batch_id" or has_batch]
+    try:
+        rows = list(Job.objects.filter(id__in=ids).values(*fields))
+    except Exception as exc:  # the change is committed; its message is not worth a failure
+        log.warning("Live update not published, the jobs could not be read back: %s", exc)
+        return []
+    for row in rows:
+        row.setdefault("batch_id", None)
+    return rows
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+# --- the hub: one subscriber thread per web process ----------------------------------------
+
+
+class PushUnavailable(Exception):
+    """Clients cannot wait for changes now; `code` says why (push_busy, push_unavailable)."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    kind: str
+    data: dict[str, Any]
+
+
+class Hub:
+    """The changes this process heard, numbered, and the threads waiting for them."""
+
+    def __init__(self, keep: int = 10_000):
+        self._condition = threading.Condition()
+        self._changes: deque[Change] = deque(maxlen=keep)
+        self._seq = 0
+        self._waiting = 0
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+
+    # --- waiting -----------------------------------------------------------------------
+
+    def enter(self) -> int:
+        """Take a waiting place and return the number of the last change heard; raises
+        `PushUnavailable` over PUSH_MAX_WAITING or when Redis cannot be heard."""
+        self.start()
+        if not self._connected.wait(settings.PUSH_CONNECT_TIMEOUT):
+            raise PushUnavailable("push_unavailable", "Live updates are unavailable; poll.")
+        with self._condition:
+            if self._waiting >= settings.PUSH_MAX_WAITING:
+                raise PushUnavailable(
+                    "push_busy", "Too many clients are waiting for live updates; poll."
+                )
+            self._waiting += 1
+            return self._seq
+
+    def leave(self) -> None:
+        with self._condition:
+            self._waiting -= 1
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait(self, after: int, timeout: float) -> tuple[int, list[Change]]:
+        """The changes heard after number `after`, waiting up to `timeout` seconds for
+        one; returns the last number with them. Returns early, maybe with none, when the
+        hub loses Redis (check `connected`)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._seq <= after and self.connected:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            if self._seq <= after:
+                return after, []
+            # The numbers run without gaps: the newest seq - after changes are the ones.
+            new = min(self._seq - after, len(self._changes))
+            return self._seq, list(islice(reversed(self._changes), new))[::-1]
+
+    # --- hearing -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._condition:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping.clear()
+                self._thread = threading.Thread(target=self._listen, name="push-hub", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop hearing (the next waiter starts again, with the settings of then)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = None
+        self._set_connected(False)
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen_once()
+            except Exception as exc:
+                log.warning("Live updates lost Redis, clients poll meanwhile: %s", exc)
+            self._set_connected(False)
+            self._stopping.wait(settings.PUSH_RECONNECT_SECONDS)
+
+    def _listen_once(self) -> None:
+        timeout = settings.PUSH_CONNECT_TIMEOUT
+        client = redis.Redis.from_url(
+            settings.PUSH_REDIS_URL,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout + settings.PUSH_KEEPALIVE_SECONDS,
+            retry=None,
+        )
+        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        try:
+            pubsub.subscribe(channel_name())
+            pinged_at: float | None = None
+            quiet_since = time.monotonic()
+            while not self._stopping.is_set():
+                message = pubsub.get_message(timeout=0.5)
+                now = time.monotonic()
+                if message is not None:
+                    quiet_since, pinged_at = now, None
+                    self._heard(message)
+                    continue
+                # A Redis that hangs is silent, as one with nothing to say: ask it.
+                if pinged_at is None and now - quiet_since > settings.PUSH_KEEPALIVE_SECONDS:
+                    pubsub.ping()
+                    pinged_at = now
+                elif pinged_at is not None and now - pinged_at > timeout:
+                    raise redis.TimeoutError("no answer to a ping")
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _heard(self, message: dict) -> None:
+        if message["type"] == "subscribe":
+            self._set_connected(True)
+            return
+        if message["type"] != "message":
+            return
+        try:
+            body = json.loads(message["data"])
+            kind, changes = body["kind"], body["changes"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("Live update ignored: not a change message")
+            return
+        with self._condition:
+            for data in changes:
+                self._seq += 1
+                self._changes.append(Change(self._seq, kind, data))
+            self._condition.notify_all()
+
+    def _set_connected(self, connected: bool) -> None:
+        with self._condition:
+            if connected:
+                self._connected.set()
+            else:
+                self._connected.clear()
+            self._condition.notify_all()
+
+
+hub = Hub()
+
+
+def close_database_connections() -> None:
+    """Give this thread's database connections back before it waits: a waiting client
+    must not hold one."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+def visible_to(user: Any, change: Change) -> bool:
+    """Staff see every change, other users their own jobs' (and batches')."""
+    return bool(user.is_staff) or str(change.data.get("owner_id")) == str(user.pk)
+
+
+def wait_for_etag_change(
+    job_id: Any,
+    etag: str,
+    read: Callable[[], tuple[str, Any] | None],
+    seconds: float,
+) -> tuple[str, Any] | None:
+    """Long-poll: wait up to `seconds` for `read()` (→ (etag, state), None when gone) to
+    give an ETag other than `etag`, re-reading when a change of job `job_id` is heard
+    and once at the end. Holds no database connection while waiting; raises
+    `PushUnavailable` (with nothing held) when it cannot wait."""
+    seq = hub.enter()
+    try:
+        current = read()
+        deadline = time.monotonic() + seconds
+        while current is not None and current[0] == etag:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not hub.connected:
+                break
+            close_database_connections()
+            seq, changes = hub.wait(seq, remaining)
+            # None heard: the wait ran out (or Redis was lost), so read again anyway in
+            # case a message was lost.
+            if not changes or any(str(c.data.get("id")) == str(job_id) for c in changes):
+                current = read()
+        return current
+    finally:
+        hub.leave()

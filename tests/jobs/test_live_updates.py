@@ -1,0 +1,358 @@
+"""Live updates: job changes pushed through GET /api/events/ and the status endpoints'
+`?wait=` long-poll, over real HTTP, from changes a real worker makes; who gets what; the
+cap on waiting clients; and Redis failing under the publisher and the hub."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+
+from jobs import live, services
+from jobs.models import Job, Status
+from jobsite.embedded_redis import EmbeddedRedis
+from tests.support import Api, wait_for
+
+
+@pytest.fixture(autouse=True)
+def quick_streams(settings):
+    """Streams that send keep-alives often (so a closed client frees its thread soon)
+    and a hub started afresh for each test, with its settings."""
+    settings.PUSH_KEEPALIVE_SECONDS = 0.5
+    settings.PUSH_STREAM_SECONDS = 60
+    live.hub.stop()
+    yield
+    live.hub.stop()
+    live._publisher.cache_clear()
+
+
+class Stream:
+    """An open GET /api/events/: its status and, read by a thread, the events sent."""
+
+    def __init__(self, api: Api, query: str = ""):
+        self.events: list[dict] = []
+        self.response = api.get(f"/api/events/{query}", stream=True, timeout=(5, 30))
+        self.status_code = self.response.status_code
+        if self.status_code == 200:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        fields: dict[str, str] = {}
+        try:
+            for line in self.response.iter_lines(chunk_size=1, decode_unicode=True):
+                if line:
+                    if not line.startswith(":"):
+                        name, _, value = line.partition(": ")
+                        fields[name] = value
+                    continue
+                if "data" in fields:
+                    self.events.append({"event": fields["event"], **json.loads(fields["data"])})
+                fields = {}
+        except (requests.RequestException, AttributeError):
+            pass  # closed by the test
+
+    def of(self, job_id: str) -> list[dict]:
+        return [e for e in list(self.events) if e["id"] == job_id]
+
+    def close(self) -> None:
+        self.response.close()
+
+
+@pytest.fixture
+def streams():
+    opened: list[Stream] = []
+
+    def open_stream(api: Api, query: str = "") -> Stream:
+        stream = Stream(api, query)
+        opened.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in opened:
+        stream.close()
+
+
+def test_a_worker_running_a_job_is_seen_on_the_stream_through_each_change(
+    live_api, worker, streams
+):
+    stream = streams(live_api)
+    assert stream.status_code == 200
+    assert stream.response.headers["Content-Type"].startswith("text/event-stream")
+
+    job_id = live_api.post("/api/jobs/", {"type": "system.sleep", "payload": {"seconds": 1}})
+    job_id = job_id.json()["id"]
+
+    wait_for(lambda: any(e["status"] == "succeeded" for e in stream.of(job_id)), timeout=30)
+    seen = stream.of(job_id)
+    assert [e["status"] for e in seen][0] == "queued"
+    assert any(e["status"] == "running" and 0 < e["progress"] < 100 for e in seen)
+    assert seen[-1] == {
+        "event": "job",
+        "id": job_id,
+        "batch_id": None,
+        "status": "succeeded",
+        "progress": 100,
+        "message": "Done",
+        "updated_at": seen[-1]["updated_at"],
+    }
+    assert "owner_id" not in seen[-1]
+
+
+def test_a_long_poll_answers_when_a_worker_starts_the_job(live_api, start_worker, settings):
+    settings.PUSH_MAX_WAIT_SECONDS = 300
+    job_id = live_api.post("/api/jobs/", {"type": "system.noop"}).json()["id"]
+    first = live_api.get(f"/api/jobs/{job_id}/status/")
+    answers: list[requests.Response] = []
+
+    def long_poll() -> None:
+        headers = {"If-None-Match": first.headers["ETag"]}
+        answers.append(live_api.get(f"/api/jobs/{job_id}/status/?wait=300", headers=headers))
+
+    waiting = threading.Thread(target=long_poll)
+    waiting.start()
+    wait_for(lambda: live.hub.waiting == 1, timeout=10, what="the long-poll to wait")
+    start_worker()
+
+    # The answer comes with the worker's change, long before the wait is over.
+    waiting.join(timeout=120)
+    [answer] = answers
+    assert answer.status_code == 200
+    assert answer.json()["status"] in ("running", "succeeded")
+    assert answer.headers["ETag"] != first.headers["ETag"]
+
+
+def test_a_long_poll_of_an_unchanged_job_ends_with_304(live_api):
+    job_id = live_api.post("/api/jobs/", {"type": "system.noop"}).json()["id"]  # no worker
+    etag = live_api.get(f"/api/jobs/{job_id}/status/").headers["ETag"]
+
+    answer = live_api.get(f"/api/jobs/{job_id}/status/?wait=0.3", headers={"If-None-Match": etag})
+
+    assert answer.status_code == 304
+    assert answer.headers["ETag"] == etag
+
+
+def test_a_long_poll_without_a_matching_etag_answers_at_once(api, user):
+    job = services.enqueue("system.noop", owner=user).job
+
+    answer = api.get(f"/api/jobs/{job.id}/status/?wait=30", headers={"If-None-Match": '"old"'})
+
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "nan", "inf"])
+def test_a_bad_wait_is_refused_naming_the_field(api, user, wait):
+    job = services.enqueue("system.noop", owner=user).job
+
+    answer = api.get(f"/api/jobs/{job.id}/status/?wait={wait}")
+
+    assert answer.status_code == 400
+    assert "wait" in answer.json()["errors"]
+
+
+def test_a_report_status_long_poll_answers_when_its_job_changes(live_api, user):
+    report = live_api.post("/api/reports/", {"kind": "job_activity"}).json()
+    first = live_api.get(f"/api/reports/{report['id']}/status/")
+    answers: list[requests.Response] = []
+
+    def long_poll() -> None:
+        headers = {"If-None-Match": first.headers["ETag"]}
+        path = f"/api/reports/{report['id']}/status/?wait=30"
+        answers.append(live_api.get(path, headers=headers))
+
+    waiting = threading.Thread(target=long_poll)
+    waiting.start()
+    wait_for(lambda: live.hub.waiting == 1, timeout=10, what="the long-poll to wait")
+    live_api.post(f"/api/reports/{report['id']}/cancel/")
+
+    waiting.join(timeout=20)
+    [answer] = answers
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "cancelled"
+
+
+# --- who gets what -----------------------------------------------------------------------
+
+
+def test_users_get_their_own_jobs_staff_get_all(
+    live_api, live_other_api, live_staff_api, user, other_user, streams
+):
+    mine, others, staffs = streams(live_api), streams(live_other_api), streams(live_staff_api)
+    wait_for(lambda: live.hub.waiting == 3, timeout=10)
+
+    job = services.enqueue("system.noop", owner=user).job
+    services.cancel(job)
+    theirs = services.enqueue("system.noop", owner=other_user).job
+
+    wait_for(lambda: [e["status"] for e in mine.of(str(job.id))] == ["queued", "cancelled"])
+    wait_for(lambda: len(staffs.of(str(job.id))) == 2 and staffs.of(str(theirs.id)))
+    wait_for(lambda: others.of(str(theirs.id)))
+    assert not others.of(str(job.id))
+    assert not mine.of(str(theirs.id))
+
+
+def test_mine_keeps_a_staff_stream_to_their_own_jobs(live_staff_api, user, staff_user, streams):
+    stream = streams(live_staff_api, "?mine=1")
+    wait_for(lambda: live.hub.waiting == 1, timeout=10)
+
+    theirs = services.enqueue("system.noop", owner=user).job
+    own = services.enqueue("system.noop", owner=staff_user).job
+
+    wait_for(lambda: stream.of(str(own.id)))
+    assert not stream.of(str(theirs.id))
+
+
+def test_a_job_filter_streams_only_those_jobs(live_api, user, streams):
+    watched = services.enqueue("system.noop", owner=user).job
+    unwatched = services.enqueue("system.noop", owner=user).job
+    stream = streams(live_api, f"?job={watched.id}")
+    wait_for(lambda: live.hub.waiting == 1, timeout=10)
+
+    services.cancel(unwatched)
+    services.cancel(watched)
+
+    wait_for(lambda: stream.of(str(watched.id)))
+    assert not stream.of(str(unwatched.id))
+
+
+def test_a_filter_on_another_users_job_is_not_found(live_other_api, user, streams):
+    job = services.enqueue("system.noop", owner=user).job
+
+    assert streams(live_other_api, f"?job={job.id}").status_code == 404
+    assert live_other_api.get(f"/api/jobs/{job.id}/status/?wait=5").status_code == 404
+    assert streams(live_other_api, "?job=not-a-uuid").status_code == 400
+
+
+def test_anonymous_clients_are_refused(live_anonymous_api, user):
+    job = services.enqueue("system.noop", owner=user).job
+
+    assert live_anonymous_api.get("/api/events/").status_code == 401
+    assert live_anonymous_api.get(f"/api/jobs/{job.id}/status/?wait=5").status_code == 401
+
+
+def test_a_signed_in_browser_session_gets_the_stream(live_server, user, client, streams):
+    client.force_login(user)
+    with Api(live_server.url, token=None) as browser:
+        browser.session.cookies.set("sessionid", client.cookies["sessionid"].value)
+        stream = streams(browser)
+        assert stream.status_code == 200
+        job = services.enqueue("system.noop", owner=user).job
+        wait_for(lambda: stream.of(str(job.id)))
+
+
+# --- the cap -------------------------------------------------------------------------------
+
+
+def test_clients_over_the_cap_are_told_to_poll(live_api, settings, streams):
+    settings.PUSH_MAX_WAITING = 1
+    first = streams(live_api)
+    assert first.status_code == 200
+
+    refused = live_api.get("/api/events/")
+    job_id = live_api.post("/api/jobs/", {"type": "system.noop"}).json()["id"]
+    etag = live_api.get(f"/api/jobs/{job_id}/status/").headers["ETag"]
+    long_poll = live_api.get(f"/api/jobs/{job_id}/status/?wait=5", headers={"If-None-Match": etag})
+    plain = live_api.get(f"/api/jobs/{job_id}/status/")
+
+    for answer in (refused, long_poll):
+        assert answer.status_code == 503
+        assert answer.json()["code"] == "push_busy"
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert plain.status_code == 200
+
+    first.close()
+    wait_for(lambda: live.hub.waiting == 0, timeout=10, what="the closed stream to leave")
+    assert streams(live_api).status_code == 200
+
+
+# --- Redis failing -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """A Redis of the test's own for live updates, that the test may stop or pause."""
+    server = EmbeddedRedis(data_dir=tmp_path / "live", persist=False)
+    server.start()
+    settings.PUSH_REDIS_URL = server.url
+    settings.PUSH_CONNECT_TIMEOUT = 0.5
+    live._publisher.cache_clear()
+    live.hub.stop()
+    yield server
+    if server.process is not None:
+        server.resume()
+    server.stop()
+
+
+def test_a_hung_redis_does_not_hold_the_store_and_the_breaker_skips_it(
+    transactional_db, own_redis, user
+):
+    own_redis.pause()
+
+    job = services.enqueue("system.noop", owner=user).job  # its publish times out
+    assert live.breaker.is_open()
+    services.cancel(job)  # skipped without trying
+
+    assert Job.objects.get(id=job.id).status == Status.CANCELLED
+    assert not live.publish([{"id": str(job.id)}])
+
+
+def test_a_stopped_redis_does_not_fail_the_store(transactional_db, own_redis, user):
+    own_redis.stop()
+
+    job = services.enqueue("system.noop", owner=user).job
+    services.cancel(job)
+
+    assert Job.objects.get(id=job.id).status == Status.CANCELLED
+    assert live.breaker.is_open()
+
+
+def test_without_redis_the_channel_tells_clients_to_poll_and_returns_with_it(
+    live_api, own_redis, streams
+):
+    job_id = live_api.post("/api/jobs/", {"type": "system.noop"}).json()["id"]
+    etag = live_api.get(f"/api/jobs/{job_id}/status/").headers["ETag"]
+    assert streams(live_api).status_code == 200
+    own_redis.stop()
+
+    wait_for(lambda: not live.hub.connected, timeout=10, what="the hub to notice")
+    refused = live_api.get("/api/events/")
+    long_poll = live_api.get(f"/api/jobs/{job_id}/status/?wait=5", headers={"If-None-Match": etag})
+    for answer in (refused, long_poll):
+        assert answer.status_code == 503
+        assert answer.json()["code"] == "push_unavailable"
+    assert live_api.get(f"/api/jobs/{job_id}/status/").status_code == 200
+
+    own_redis.start()
+    live.breaker.reset()
+    stream = wait_for(lambda: (s := streams(live_api)).status_code == 200 and s, timeout=20)
+    live_api.post(f"/api/jobs/{job_id}/cancel/")
+    wait_for(lambda: stream.of(job_id))
+
+
+def test_a_hung_redis_is_noticed_by_the_hub(live_api, own_redis, settings, streams):
+    settings.PUSH_KEEPALIVE_SECONDS = 0.2
+    assert streams(live_api).status_code == 200
+
+    own_redis.pause()
+
+    wait_for(lambda: not live.hub.connected, timeout=10, what="the hub to notice")
+    assert live_api.get("/api/events/").status_code == 503
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+def test_the_schema_describes_the_stream_and_the_wait_parameter(api):
+    schema = api.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"})
+    paths = schema.json()["paths"]
+
+    stream = paths["/api/events/"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert {p["name"] for p in stream["parameters"]} >= {"job", "batch", "mine"}
+    assert "503" in stream["responses"]
+    for path in ("/api/jobs/{id}/status/", "/api/reports/{id}/status/"):
+        operation = paths[path]["get"]
+        assert "wait" in {p["name"] for p in operation["parameters"]}
+        assert {"200", "304", "503"} <= set(operation["responses"])
