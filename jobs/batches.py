@@ -34,7 +34,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 from rest_framework import serializers
 
-from . import audit, followups, registry, services
+from . import audit, followups, live, registry, services
 from .errors import IdempotencyConflict
 from .models import ACTIVE_STATUSES, FINISHED_STATUSES, Batch, BatchState, Job, Priority, Status
 from .services import JobSpec
@@ -129,6 +129,7 @@ def add_batch(
                 **callbacks,
             )
             services.enqueue_many(specs, owner=owner, batch=batch)
+            publish_change(batch, progress=0)
     except IntegrityError:
         # A request with the same key committed first.
         if not idempotency_key or (existing := _existing(owner, idempotency_key)) is None:
@@ -267,6 +268,7 @@ def cancel_batch(batch: Batch, *, by=None, via: str | None = None) -> Batch:
                 asked_to_stop=len(asked),
             )
         followups.jobs_ended(cancelled)
+        publish_change(locked)
     # With nothing left running it ends now, so the caller sees it cancelled.
     settle(locked.id)
     locked.refresh_from_db()
@@ -309,6 +311,7 @@ def settle(batch_id: Any) -> bool:
             update_fields=["state", "finished_at", "failed_job_ids", "success_job", "complete_job"]
         )
         transaction.on_commit(lambda: _announce(batch))
+        publish_change(batch, progress=100)
     log.info("Batch %s %s", batch.id, batch.state)
     return True
 
@@ -338,6 +341,23 @@ def _create_callback(batch: Batch, name: str) -> Job | None:
         log.error("Batch %s: its %s job could not be created: %s", batch.id, name, exc)
         return None
     return outcome.job
+
+
+def publish_change(batch: Batch, progress: int | None = None) -> None:
+    """Push the batch's state to the clients following it (jobs/live.py), once the
+    surrounding transaction commits; its progress counted when not given."""
+    if progress is None:
+        progress = tallies([batch.id])[batch.id].progress
+    change = {
+        "id": batch.id,
+        "owner_id": batch.owner_id,
+        "status": batch.state,
+        "cancel_requested": batch.cancel_requested,
+        "progress": progress,
+        "message": batch.description,
+        "updated_at": batch.finished_at or timezone.now(),
+    }
+    live.publish_on_commit([change], kind="batch")
 
 
 def _announce(batch: Batch) -> None:

@@ -11,7 +11,9 @@ import pytest
 import requests
 
 from jobs import live, services
+from jobs.batches import cancel_batch, create_batch
 from jobs.models import Job, Status
+from jobs.services import JobSpec
 from jobsite.embedded_redis import EmbeddedRedis
 from tests.support import Api, wait_for
 
@@ -356,3 +358,23 @@ def test_the_schema_describes_the_stream_and_the_wait_parameter(api):
         operation = paths[path]["get"]
         assert "wait" in {p["name"] for p in operation["parameters"]}
         assert {"200", "304", "503"} <= set(operation["responses"])
+
+
+def test_a_batch_filter_streams_the_batch_and_its_jobs_to_its_owner_only(
+    live_api, live_other_api, user, streams
+):
+    batch = create_batch([JobSpec("system.noop"), JobSpec("system.noop")], owner=user)
+    (first, second) = batch.jobs.order_by("created_at", "id")
+    mine = streams(live_api, f"?batch={batch.id}")
+    theirs = streams(live_other_api, f"?batch={batch.id}")
+    wait_for(lambda: live.hub.waiting == 2, timeout=10)
+
+    cancel_batch(batch)
+
+    wait_for(lambda: [e for e in mine.of(str(batch.id)) if e["status"] == "cancelled"])
+    told = [e for e in mine.of(str(batch.id)) if e["status"] == "cancelled"][-1]
+    assert (told["event"], told["progress"]) == ("batch", 100)
+    for job in (first, second):
+        wait_for(lambda job=job: mine.of(str(job.id)))
+        assert mine.of(str(job.id))[-1]["batch_id"] == str(batch.id)
+    assert theirs.events == []
