@@ -244,7 +244,7 @@ class JobCreateSerializer(serializers.Serializer):
         ),
     )
     on_dependency_failure = serializers.ChoiceField(
-        choices=OnDependencyFailure.values,
+        choices=OnDependencyFailure.choices,
         default=OnDependencyFailure.CANCEL,
         help_text="If a job it waits for fails, is cancelled or expires: cancel this one, "
         "or run it anyway once they all ended.",

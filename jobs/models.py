@@ -83,7 +83,7 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     # Runs that ended in a snooze (the handler asked to run again later): each claim
     # still counts in `attempts`, the fence of a run, but these are given back.
-    snoozes = models.PositiveIntegerField(default=0)
+    snoozes = models.PositiveIntegerField(default=0, db_default=0)
     stalled_count = models.PositiveIntegerField(default=0)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     queue = models.CharField(max_length=64, default="default")
@@ -97,9 +97,14 @@ class Job(models.Model):
     # Types declaring `unique`: the key of the payload fields (and owner) that only one
     # active job may hold; NULL for everything else, which the constraint ignores.
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
-    held = models.CharField(max_length=16, choices=Held.choices, blank=True, default=Held.NO)
+    held = models.CharField(
+        max_length=16, choices=Held.choices, blank=True, default=Held.NO, db_default=Held.NO
+    )
     on_dependency_failure = models.CharField(
-        max_length=8, choices=OnDependencyFailure.choices, default=OnDependencyFailure.CANCEL
+        max_length=8,
+        choices=OnDependencyFailure.choices,
+        default=OnDependencyFailure.CANCEL,
+        db_default=OnDependencyFailure.CANCEL,
     )
     dispatched_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

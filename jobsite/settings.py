@@ -272,7 +272,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Choice sets whose fields share a name with another's ("status").
-    "ENUM_NAME_OVERRIDES": {"DeliveryStatusEnum": "webhooks.models.DeliveryStatus"},
+    "ENUM_NAME_OVERRIDES": {
+        "DeliveryStatusEnum": "webhooks.models.DeliveryStatus",
+        "JobStatusEnum": "jobs.models.Status",
+        "OnDependencyFailureEnum": "jobs.models.OnDependencyFailure",
+        "ReportKindEnum": "reports.models.Kind",
+    },
     # Every operation documents the JSON error answers it may give (jobsite/openapi.py).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
