@@ -21,6 +21,7 @@ from .line import Place, in_words, place_data, place_in_line
 from .models import FINISHED_STATUSES, Batch, BatchState, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, chain, enqueue, enqueue_many, retry
+from .tasks_backend import current_job
 from .visibility import one_line_error
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "cancel",
     "cancel_batch",
     "create_batch",
+    "current_job",
     "chain",
     "enqueue",
     "enqueue_many",
