@@ -3,6 +3,7 @@ the workers they start)."""
 
 import time
 
+from asgiref.sync import sync_to_async
 from django_tasks import task
 
 from jobs.engine import PermanentError, current_job
@@ -28,6 +29,13 @@ def echo(*args, **kwargs) -> dict:
 @task
 async def add_later(a: int, b: int) -> int:
     return a + b
+
+
+@task
+async def reports_progress_async(percent: int) -> int:
+    job = current_job()
+    await sync_to_async(job.progress)(percent, "from async")
+    return job.attempt
 
 
 @task(takes_context=True)

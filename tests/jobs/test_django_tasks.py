@@ -271,6 +271,15 @@ def test_an_async_task_runs_and_the_async_api_works():
     assert back.return_value == 42
 
 
+def test_an_async_task_reaches_its_job_and_its_checkpoints():
+    result = tf.reports_progress_async.enqueue(40)
+
+    assert run(result.id) == "succeeded"
+
+    assert tf.reports_progress_async.get_result(result.id).return_value == 1
+    assert reloaded(result.id).events.filter(kind="progress", message="25% from async").exists()
+
+
 def test_a_task_taking_the_context_sees_its_attempt():
     result = tf.attempt_number.enqueue("x")
 
