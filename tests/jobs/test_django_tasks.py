@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus, task_backends
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist, TaskResultMismatch
 from django_tasks.signals import task_enqueued, task_finished, task_started
+from rest_framework.exceptions import ValidationError
 
 from jobs import services
 from jobs.engine import IdempotencyConflict, current_job
@@ -398,3 +399,29 @@ def test_the_backend_says_what_it_supports():
     assert isinstance(backend, JobsiteBackend)
     assert backend.supports_defer and backend.supports_priority
     assert backend.supports_get_result and backend.supports_async_task
+
+
+def test_tasks_show_in_the_dashboard_the_admin_and_metrics(client, admin_user, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    result = tf.add.enqueue(1, 2)
+    assert run(result.id) == "succeeded"
+    client.force_login(admin_user)
+
+    dashboard = client.get("/dashboard/data/")
+    admin_page = client.get(f"/admin/jobs/job/{result.id}/change/")
+    metrics = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me")
+
+    assert dashboard.status_code == admin_page.status_code == metrics.status_code == 200
+    assert "tasks.run" in dashboard.content.decode()
+    assert "tests.jobs.task_functions.add" in admin_page.content.decode()
+    assert 'jobsite_jobs{status="succeeded",type="tasks.run"} 1.0' in metrics.content.decode()
+
+
+def test_a_job_may_run_on_another_queue_than_its_types():
+    job = services.enqueue("system.noop", queue="emails").job
+
+    assert job.queue == "emails"
+    with pytest.raises(ValidationError) as refused:
+        services.enqueue("system.noop", queue="nowhere")
+    assert list(refused.value.detail) == ["queue"]
+    assert Job.objects.count() == 1
