@@ -10,8 +10,9 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from . import batches, dependencies, signals, tasks  # noqa: F401 (signals connects the worker's handlers)
+        from . import batches, dependencies, signals, tasks, tasks_backend  # noqa: F401 (signals connects the worker's handlers)
 
+        tasks_backend.register()
         # Each app registers its job types in its own `jobs.py`; each type then gets its task.
         autodiscover_modules("jobs")
         tasks.bind_job_types()

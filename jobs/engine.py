@@ -24,6 +24,7 @@ from .live_api import PUSH_REFUSED, WAIT_PARAMETER, long_poll
 from .models import FINISHED_STATUSES, Batch, BatchState, Job, Status
 from .registry import Exposure, Limits, Retention, Unique, job_type
 from .services import Enqueued, JobSpec, cancel, chain, enqueue, enqueue_many, retry
+from .tasks_backend import current_job
 from .visibility import one_line_error
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "cancel",
     "cancel_batch",
     "create_batch",
+    "current_job",
     "chain",
     "enqueue",
     "enqueue_many",

@@ -58,6 +58,8 @@ class JobSpec:
     # not succeed: "cancel" or "run" anyway (jobs/dependencies.py).
     depends_on: list[uuid.UUID | str] = field(default_factory=list)
     on_dependency_failure: str = OnDependencyFailure.CANCEL
+    # One of JOBS_QUEUES instead of the type's queue (None: the type's).
+    queue: str | None = None
 
 
 # --- creating jobs -------------------------------------------------------------------
@@ -92,6 +94,7 @@ def enqueue(
     time_limit: int | None = None,
     depends_on: Sequence[uuid.UUID | str] | None = None,
     on_dependency_failure: str = OnDependencyFailure.CANCEL,
+    queue: str | None = None,
 ) -> Enqueued:
     """Create a job and send it to its queue once the surrounding transaction commits.
 
@@ -101,13 +104,15 @@ def enqueue(
     returns that job (created=False), its payload replaced when the type debounces.
     A job with `expires_at` that has not started by then ends as expired;
     `max_attempts` and `time_limit` (seconds) override the type's within its bounds
-    (`override_errors`). With `depends_on` (ids of the owner's jobs), it waits until
-    they all succeeded (jobs/dependencies.py).
+    (`override_errors`), and `queue` (one of JOBS_QUEUES) the type's queue. With
+    `depends_on` (ids of the owner's jobs), it waits until they all succeeded
+    (jobs/dependencies.py).
     """
     spec = JobSpec(
         type_name, payload, idempotency_key, priority, run_at, expires_at, max_attempts, time_limit
     )
     spec.on_dependency_failure = on_dependency_failure
+    spec.queue = queue
     job = _build_job(spec, validate_payload(type_name, payload), owner)
     if depends_on:
         return _enqueue_waiting(job, dependencies.parse(list(depends_on)), owner)
@@ -377,7 +382,7 @@ def _build_job(spec: JobSpec, payload: dict[str, Any], owner) -> Job:
         type=jt.name,
         owner=owner,
         payload=payload,
-        queue=jt.queue,
+        queue=spec.queue or jt.queue,
         max_attempts=spec.max_attempts or jt.max_attempts,
         time_limit=spec.time_limit,
         priority=priority,
@@ -398,9 +403,11 @@ def _dependency_policy(value: str) -> str:
 
 
 def override_errors(jt: registry.JobType, spec: JobSpec, now: datetime) -> dict[str, list[str]]:
-    """What is wrong with the spec's expiry and overrides of the type's attempts and
-    time limit, by field; empty when nothing is."""
+    """What is wrong with the spec's expiry and overrides of the type's queue, attempts
+    and time limit, by field; empty when nothing is."""
     errors = {}
+    if spec.queue is not None and spec.queue not in settings.JOBS_QUEUES:
+        errors["queue"] = [f"Must be one of: {', '.join(settings.JOBS_QUEUES)}."]
     if spec.max_attempts is not None and not 1 <= spec.max_attempts <= jt.max_attempts:
         errors["max_attempts"] = [
             f"Must be between 1 and {jt.max_attempts}, the most {jt.name} allows."

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "django_celery_results",
+    "django_tasks",
     "jobs",
     "reports",
     "notes",
@@ -326,6 +327,19 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 JOBS_QUEUES = ["default", "emails", "reports", "pages", "images", "maintenance"]
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Django's Tasks framework (django-tasks): @task functions run as jobs of the type
+# tasks.run, on these queues, imported only from these modules (docs/django-tasks.md).
+TASKS = {
+    "default": {
+        "BACKEND": "jobs.tasks_backend.JobsiteBackend",
+        "QUEUES": env.list("JOBS_TASKS_QUEUES", default=["default"]),
+        "OPTIONS": {
+            "MODULES": env.list("JOBS_TASKS_MODULES", default=["examples.tasks"]),
+            "MAX_ATTEMPTS": env.int("JOBS_TASKS_MAX_ATTEMPTS", default=3),
+            "TIME_LIMIT": env.int("JOBS_TASKS_TIME_LIMIT", default=300),
+        },
+    }
+}
 CELERY_TASK_QUEUES = [
     Queue(name, routing_key=name, queue_arguments={"x-max-priority": 10}) for name in JOBS_QUEUES
 ]

@@ -29,6 +29,8 @@ REFUSED_TO_USERS = {
     "notes.task_reminders": {},
     "reports.generate": {"report_id": "00000000-0000-0000-0000-000000000000"},
     "webhooks.deliver": {"delivery_id": "00000000-0000-0000-0000-000000000000"},
+    # Django's Tasks framework: a payload naming a task would run it (jobs/tasks_backend.py).
+    "tasks.run": {"task": "examples.tasks.count_words", "args": [1, "pwned"]},
 }
 UNKNOWN_TYPE_MESSAGE = "Unknown job type {!r}. Types you may create: system.noop, system.sleep."
 
