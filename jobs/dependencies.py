@@ -182,12 +182,18 @@ def _decide(job: Job, dependencies: list[tuple[Any, str]], now: datetime) -> str
 
 
 def after_end(jobs: list[Job]) -> None:
-    """Decide for the jobs waiting on the jobs that just ended."""
+    """Decide for the jobs waiting on the jobs that just ended. A job whose end said
+    nothing waits on it (`has_dependents`, set by the PostgreSQL store's finish) costs no
+    query; a dependent written as that end committed is decided by its creator's
+    re-check or, at worst, by the catch-up."""
+    ended = [job.id for job in jobs if getattr(job, "has_dependents", True)]
+    if not ended:
+        return
     waiting = (
         Job.objects.filter(
             status=Status.QUEUED,
             held=Held.DEPENDENCIES,
-            dependencies__depends_on_id__in=[job.id for job in jobs],
+            dependencies__depends_on_id__in=ended,
         )
         .order_by("created_at")
         .values_list("id", flat=True)

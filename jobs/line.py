@@ -202,7 +202,7 @@ def _running(queue: str) -> list[tuple[datetime | None, str]]:
 
 
 def in_words(place: Place | dict | None) -> str:
-    """'3rd in line, about 40 s', 'next in line', '1000+ in line'; '' without a place.
+    """'3rd in line, about 40 s', 'next in line', '100+ jobs ahead'; '' without a place.
     static/js/reports.js says the same in the browser."""
     if place is None:
         return ""

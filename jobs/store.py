@@ -705,6 +705,7 @@ _UNSEEN_EVENTS = {EventKind.CREATED, EventKind.DISPATCHED}
 
 JOBS = Job._meta.db_table
 EVENTS = JobEvent._meta.db_table
+DEPENDENCIES = JobDependency._meta.db_table
 _FIELDS = Job._meta.concrete_fields
 _COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS)
 _JOB_COLUMNS = ", ".join(f'job."{f.column}"' for f in _FIELDS)
@@ -768,6 +769,9 @@ WITH {_TARGET}, ended AS (
     RETURNING job.id, job.attempts
 )
 {ADD_EVENT} SELECT id, %(kind)s, %(event_message)s, attempts, %(now)s FROM ended
+RETURNING EXISTS (
+    SELECT 1 FROM "{DEPENDENCIES}" AS dependency WHERE dependency.depends_on_id = "{EVENTS}".job_id
+)
 """
 
 RETRY_SQL = f"""
@@ -890,8 +894,12 @@ class PostgresJobStore(JobStore):
         }
         with _prepared_cursor(connection) as cursor:
             cursor.execute(FINISH_SQL, params)
-            if cursor.rowcount <= 0:
+            ended = cursor.fetchone()
+            if ended is None:
                 return False
+        # Whether jobs wait on it, told by the statement that ended it: the follow-up
+        # looks for them only then (jobs/dependencies.py).
+        job.has_dependents = ended[0]
         if progress is None or message is None:
             live.changed_ids([job.id])  # the row keeps values this run does not hold
         else:

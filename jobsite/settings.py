@@ -444,7 +444,7 @@ JOBS_MAX_DEPENDENCIES = env.int("JOBS_MAX_DEPENDENCIES", default=100)
 # A queued job's place in line (jobs/line.py): the jobs ahead are counted no further than
 # the cap; the estimate goes by the mean run time of the type's latest succeeded jobs,
 # and what it reads is kept this many seconds per process.
-JOBS_LINE_CAP = env.int("JOBS_LINE_CAP", default=1000)
+JOBS_LINE_CAP = env.int("JOBS_LINE_CAP", default=100)
 JOBS_LINE_SAMPLE = env.int("JOBS_LINE_SAMPLE", default=50)
 JOBS_LINE_CACHE_SECONDS = env.float("JOBS_LINE_CACHE_SECONDS", default=5.0)
 # Limits on jobs created through the API by non-staff users (see jobs/api.py):

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, connections, transaction
-from django.test.utils import override_settings
+from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -492,3 +492,24 @@ def test_the_schema_describes_the_dependency_fields(api):
     shown = components["Job"]["properties"]
     assert shown["depends_on"]["items"]["format"] == "uuid"
     assert "on_dependency_failure" in shown
+
+
+@pytest.mark.skipif(
+    "postgresql" not in connection.vendor, reason="the single-statement finish is PostgreSQL's"
+)
+def test_an_end_tells_whether_jobs_wait_on_it_so_a_lone_job_costs_no_lookup(step, user):
+    lone = services.enqueue(step, owner=user).job
+    awaited = services.enqueue(step, owner=user).job
+    waiting = services.enqueue(step, owner=user, depends_on=[awaited.id]).job
+    store, now = job_store(), timezone.now()
+    claimed = [store.claim(job.id, now, now) for job in (lone, awaited)]
+
+    for job in claimed:
+        assert store.finish(job, Status.SUCCEEDED, timezone.now())
+    assert [job.has_dependents for job in claimed] == [False, True]
+
+    with CaptureQueriesContext(connection) as lone_end:
+        dependencies.after_end([claimed[0]])
+    assert len(lone_end) == 0
+    dependencies.after_end([claimed[1]])
+    assert reloaded(waiting).held == Held.NO

@@ -406,9 +406,10 @@ def _plans(job, now) -> list[str]:
     return plans
 
 
-def test_the_count_reads_only_the_jobs_ahead_from_the_line_index(transactional_db, now):
+def test_the_count_reads_only_the_jobs_ahead_from_the_line_index(transactional_db, now, settings):
     if connection.vendor != "postgresql":
         pytest.skip("reads PostgreSQL's query plan")
+    settings.JOBS_LINE_CAP = 1000
     with connection.cursor() as cursor:
         cursor.execute(HISTORY_SQL, [now])
         cursor.execute(DEEP_QUEUE_SQL, [now])
