@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from .models import Held, Job, Status
+from .store import job_store
 from .worker_liveness import alive_workers
 
 
@@ -86,22 +86,8 @@ def place_data(job: Job | Waiting, now: datetime | None = None) -> dict[str, Any
 
 def count_ahead(job: Job | Waiting, now: datetime) -> int:
     """The jobs a worker takes before `job`, counted up to one past the cap."""
-    up_to = settings.JOBS_LINE_CAP + 1
-    higher = _startable(job.queue, now).filter(priority__gt=job.priority)
-    found = higher.order_by()[:up_to].count()
-    if found >= up_to:
-        return found
-    same = _startable(job.queue, now).filter(priority=job.priority, created_at__lt=job.created_at)
-    return found + same.order_by()[: up_to - found].count()
-
-
-def _startable(queue: str, now: datetime):
-    # The conditions of job_queued_line's predicate, so the planner can use it, and only
-    # its columns, so the count reads the index alone.
-    return (
-        Job.objects.filter(status=Status.QUEUED, held=Held.NO, queue=queue)
-        .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
-        .values("created_at")
+    return job_store().count_ahead(
+        job.queue, job.priority, job.created_at, now, up_to=settings.JOBS_LINE_CAP + 1
     )
 
 

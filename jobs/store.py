@@ -94,6 +94,16 @@ def _one_per_unique_key(rows: Iterable[tuple[Any, str, str | None]]) -> list[Any
     return ids
 
 
+def _startable(queue: str, now: datetime) -> QuerySet[Job]:
+    # The conditions of job_queued_line's predicate, so the planner can use it, and only
+    # its columns, so the count reads the index alone.
+    return (
+        Job.objects.filter(status=Status.QUEUED, held=Held.NO, queue=queue)
+        .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
+        .values("created_at")
+    )
+
+
 def _expired_message(expires_at: datetime | None) -> str:
     at = expires_at.isoformat() if expires_at else "its expiry"
     return f"Not started by {at}"
@@ -659,6 +669,19 @@ class JobStore:
         from, or None if there is no such job."""
         return Job.objects.filter(id=job_id).values(*POLLED_FIELDS).first()
 
+    def count_ahead(
+        self, queue: str, priority: int, created_at: datetime, now: datetime, *, up_to: int
+    ) -> int:
+        """How many queued jobs of `queue` a worker takes before a job of `priority`
+        created at `created_at` (higher priorities, then older ones), not held and due,
+        counting no further than `up_to` (jobs/line.py)."""
+        higher = _startable(queue, now).filter(priority__gt=priority)
+        found = higher.order_by()[:up_to].count()
+        if found >= up_to:
+            return found
+        same = _startable(queue, now).filter(priority=priority, created_at__lt=created_at)
+        return found + same.order_by()[: up_to - found].count()
+
     def active_count(self, owner, *, up_to: int) -> int:
         """How many of `owner`'s jobs are queued or running, counting no further than `up_to`."""
         return len(
@@ -772,6 +795,18 @@ WITH {_TARGET}, ended AS (
 RETURNING EXISTS (
     SELECT 1 FROM "{DEPENDENCIES}" AS dependency WHERE dependency.depends_on_id = "{EVENTS}".job_id
 )
+"""
+
+# The jobs ahead in a queue's line, through job_queued_line: its predicate's conditions
+# and only its columns, each count stopping at the cap.
+_STARTABLE = f"""FROM "{JOBS}" WHERE status = 'queued' AND held = '' AND queue = %(queue)s
+        AND (run_at IS NULL OR run_at <= %(now)s)"""
+COUNT_AHEAD_SQL = f"""
+SELECT
+    (SELECT count(*) FROM (SELECT created_at {_STARTABLE} AND priority > %(priority)s
+        LIMIT %(up_to)s) AS higher),
+    (SELECT count(*) FROM (SELECT created_at {_STARTABLE} AND priority = %(priority)s
+        AND created_at < %(created_at)s LIMIT %(up_to)s) AS same)
 """
 
 RETRY_SQL = f"""
@@ -931,6 +966,22 @@ class PostgresJobStore(JobStore):
             cursor.execute(STATUS_SQL, [job_id])
             found = cursor.fetchone()
         return dict(zip(POLLED_FIELDS, found, strict=True)) if found else None
+
+    def count_ahead(
+        self, queue: str, priority: int, created_at: datetime, now: datetime, *, up_to: int
+    ) -> int:
+        # One prepared statement: the status read of a queued job pays no planning.
+        params = {
+            "queue": queue,
+            "priority": priority,
+            "created_at": created_at,
+            "now": now,
+            "up_to": up_to,
+        }
+        with _prepared_cursor(_connection()) as cursor:
+            cursor.execute(COUNT_AHEAD_SQL, params)
+            higher, same = cursor.fetchone()
+        return min(higher + same, up_to)
 
     def active_count(self, owner, *, up_to: int) -> int:
         with _connection().cursor() as cursor:
