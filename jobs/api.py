@@ -378,7 +378,7 @@ class TooManyActiveJobsSerializer(serializers.Serializer):
     requested = serializers.IntegerField(help_text="New jobs the request would add")
 
 
-def _too_many_active(exc: TooManyActiveJobs) -> Response:
+def too_many_active(exc: TooManyActiveJobs) -> Response:
     return Response(
         {
             "detail": str(exc),
@@ -463,7 +463,7 @@ class JobViewSet(viewsets.GenericViewSet):
         try:
             services.check_room_for(request.user, [spec])
         except TooManyActiveJobs as exc:
-            return _too_many_active(exc)
+            return too_many_active(exc)
         try:
             outcome = services.enqueue(
                 spec.type,
@@ -508,7 +508,7 @@ class JobViewSet(viewsets.GenericViewSet):
         try:
             services.check_room_for(request.user, specs)
         except TooManyActiveJobs as exc:
-            return _too_many_active(exc)
+            return too_many_active(exc)
         try:
             outcomes = services.enqueue_many(specs, owner=request.user)
         except IdempotencyConflict as exc:
@@ -578,7 +578,7 @@ class JobViewSet(viewsets.GenericViewSet):
             try:
                 services.check_room_for(request.user, [services.JobSpec(job.type)])
             except TooManyActiveJobs as exc:
-                return _too_many_active(exc)
+                return too_many_active(exc)
         try:
             job = services.retry(job, by=request.user, via=Via.API)
         except InvalidTransition as exc:

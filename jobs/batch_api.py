@@ -19,7 +19,14 @@ from rest_framework.response import Response
 from jobsite.api import conflict, if_none_match, uuid_or_404
 
 from . import batches, services, visibility
-from .api import TOO_MANY_ACTIVE, JobCreateSerializer, JobPagination, JobSerializer, job_data
+from .api import (
+    TOO_MANY_ACTIVE,
+    JobCreateSerializer,
+    JobPagination,
+    JobSerializer,
+    job_data,
+    too_many_active,
+)
 from .audit import Via
 from .errors import TooManyActiveJobs
 from .models import Batch, BatchState, Job, Status
@@ -248,16 +255,7 @@ class BatchViewSet(viewsets.GenericViewSet):
         try:
             services.check_room_for(request.user, jobs)
         except TooManyActiveJobs as exc:
-            return Response(
-                {
-                    "detail": str(exc),
-                    "code": "too_many_active_jobs",
-                    "limit": exc.limit,
-                    "active": exc.active,
-                    "requested": exc.requested,
-                },
-                status=status.HTTP_429_TOO_MANY_REQUESTS,
-            )
+            return too_many_active(exc)
         key = data.get("idempotency_key") or request.headers.get("Idempotency-Key")
         try:
             outcome = batches.add_batch(
