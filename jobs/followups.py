@@ -41,10 +41,6 @@ def register(
     _follow_ups[name] = FollowUp(name, after_end, catch_up)
 
 
-def registered() -> list[str]:
-    return list(_follow_ups)
-
-
 def jobs_ended(jobs: Iterable[Job]) -> None:
     """Offer `jobs`, which have just reached a finished status, to every follow-up once
     the surrounding transaction commits (at once outside one). A follow-up that fails

@@ -101,7 +101,7 @@ def job_change(job: Any, **fields: Any) -> dict[str, Any]:
     change = {
         "id": job.id,
         "owner_id": job.owner_id,
-        "batch_id": getattr(job, "batch_id", None),
+        "batch_id": job.batch_id,
         "status": job.status,
         "progress": job.progress,
         "message": job.message,
@@ -127,15 +127,11 @@ def changed_ids(job_ids: Iterable[Any]) -> None:
 def _read_back(ids: list[Any]) -> list[dict[str, Any]]:
     from .models import Job
 
-    has_batch = any(f.name == "batch" for f in Job._meta.get_fields())
-    fields = [f for f in FIELDS if f != "batch_id" or has_batch]
     try:
-        rows = list(Job.objects.filter(id__in=ids).values(*fields))
+        rows = list(Job.objects.filter(id__in=ids).values(*FIELDS))
     except Exception as exc:  # the change is committed; its message is not worth a failure
         log.warning("Live update not published, the jobs could not be read back: %s", exc)
         return []
-    for row in rows:
-        row.setdefault("batch_id", None)
     return rows
 
 

@@ -244,20 +244,6 @@ def batch_settled(sender, batch: Batch, **kwargs) -> None:
         create_deliveries((endpoint, batch_offer(batch)) for endpoint in endpoints)
 
 
-def notify_batch_finished(batch_id: Any, owner, data: dict[str, Any]) -> list[WebhookDelivery]:
-    """Deliver `batch.finished` about batch `batch_id` (described by `data`) to `owner`'s
-    subscribed endpoints, once per endpoint however often it is called."""
-    if owner is None:
-        return []
-    endpoints = _active_endpoints({owner.pk})
-    offer = Offer(
-        Event.BATCH_FINISHED.value,
-        str(batch_id),
-        event_payload(Event.BATCH_FINISHED.value, {"batch": data}),
-    )
-    return create_deliveries((endpoint, offer) for endpoint in endpoints)
-
-
 def _active_endpoints(owner_ids: set[int]) -> list[WebhookEndpoint]:
     return list(WebhookEndpoint.objects.filter(owner_id__in=owner_ids, active=True))
 
