@@ -1,4 +1,4 @@
-"""`python -m bench [NAME ...]`: run the benchmarks (all eleven by default), each in a
+"""`python -m bench [NAME ...]`: run the benchmarks (all twelve by default), each in a
 process of its own (each sets Django up for its own database), print their figures as
 they come, and write bench/results/summary.json next to each bench/results/NAME.json."""
 
@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from bench import harness
 
 # In the issue's order: end-to-end, enqueue, API, reports, scale, recovery, latency, pools;
-# then the API with the broker paused; then the cost of a limit check; then live updates.
+# then the API with the broker paused; then the cost of a limit check; then live updates;
+# then the history charts.
 BENCHMARKS = [
     "e2e",
     "enqueue",
@@ -27,6 +28,7 @@ BENCHMARKS = [
     "hang",
     "limits",
     "push",
+    "history",
 ]
 
 

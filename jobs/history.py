@@ -9,33 +9,44 @@ Definitions (docs/operations.md#history-charts):
   (`attempts = 1`): a job's row keeps only its last start, so for a retried job the first
   start is gone and the gap would count its failed attempts and their backoff.
 
-Everything is read from the rows finished in the window, through the retention indexes
-(type, finished_at) on the finished rows, so the cost follows the window, not the table.
+The sweeper rolls the closed minutes up (`roll_up`): per minute, type and status, how
+many jobs ended and histograms of their run and wait times (HistoryMinute), up to a mark
+(HistoryMark) `LAG` behind now. A window is read from the rolled-up minutes it holds and,
+for the minutes since the mark, from the job rows (a few minutes' worth), so its cost
+follows the minutes and types, not the jobs; and it outlives the purge of the job rows.
+A percentile made of rolled-up minutes is within `ERROR` of the exact one (a time is
+known to its histogram bin); one made of job rows alone is exact.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
-from django.db.models import Count, Func, IntegerField, Q
+from django.db import connection, transaction
+from django.db.models import Count, Func, IntegerField, Q, Sum
 from django.utils import timezone
 
 from . import registry
-from .models import Held, Job, Status
+from .models import Held, HistoryMark, HistoryMinute, Job, Status
 
 FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 RAN = (Status.SUCCEEDED, Status.FAILED)
 # One query per retention index: each reads the finished rows of its statuses.
 STATUS_GROUPS = ([Status.SUCCEEDED], [Status.FAILED, Status.CANCELLED, Status.EXPIRED])
 QUANTILES = (0.5, 0.95)
-# Where PostgreSQL's percentile_cont is not at hand (SQLite): the percentiles of the
-# latest this many jobs of the window.
+# The percentiles of the minutes not rolled up yet are those of their latest this many
+# jobs: a few minutes' worth unless the sweeper has stopped.
 SAMPLE = 20_000
+# A minute is rolled up this long after it ends: a job's end is committed well within it,
+# by a worker whose clock is not further behind the sweeper's.
+LAG = timedelta(minutes=2)
+# At most this many minutes per pass, so that a pass stays short when it catches up.
+CATCH_UP = 60
 
 
 @dataclass(frozen=True)
@@ -105,27 +116,158 @@ def bounds(win: Window, now: datetime | None = None) -> tuple[datetime, datetime
     return datetime.fromtimestamp(end, UTC) - win.span, datetime.fromtimestamp(end, UTC)
 
 
+# Rolled-up minutes outlive the longest window by this much (the retention purge).
+KEEP_ROLLUPS_FOR = max(w.span for w in WINDOWS.values()) + timedelta(hours=1)
+
+
+class Histogram:
+    """Fixed log-spaced bins of durations: bin 0 holds what is under FLOOR seconds, bin
+    i > 0 holds [FLOOR * RATIO**(i-1), FLOOR * RATIO**i). A bin's value is its geometric
+    middle, within ERROR of every time in it, so a percentile read from the bins is within
+    ERROR of the exact one (or FLOOR seconds, under FLOOR)."""
+
+    FLOOR = 0.001
+    RATIO = 2 ** (1 / 8)
+    TOP = 8 * 40  # 1 ms * 2**40: some 35 years
+    ERROR = math.sqrt(RATIO) - 1  # 4.4%
+
+    @classmethod
+    def bin(cls, seconds: float) -> int:
+        if seconds < cls.FLOOR:
+            return 0
+        return min(cls.TOP, 1 + math.floor(math.log(seconds / cls.FLOOR, cls.RATIO)))
+
+    @classmethod
+    def value(cls, number: int) -> float:
+        if number <= 0:
+            return 0.0
+        return cls.FLOOR * cls.RATIO ** (number - 0.5)
+
+
+ERROR = Histogram.ERROR
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def rolled_up_to() -> datetime | None:
+    """Every minute before this is in HistoryMinute; None before the first roll-up."""
+    return HistoryMark.objects.filter(pk=1).values_list("rolled_up_to", flat=True).first()
+
+
+def roll_up(now: datetime | None = None) -> int:
+    """Roll up the minutes that closed at least LAG ago and are not yet rolled up, at most
+    CATCH_UP of them, and move the mark past them in the same transaction, the mark's row
+    locked: a minute is rolled up once, whoever runs this at the same time. The first
+    pass starts a day back. Returns how many minutes were rolled up."""
+    now = now or timezone.now()
+    until = _minute(now - LAG)
+    mark = rolled_up_to()
+    if mark is not None and mark >= until:
+        return 0
+    with transaction.atomic():
+        HistoryMark.objects.get_or_create(
+            pk=1, defaults={"rolled_up_to": _minute(now - max(w.span for w in WINDOWS.values()))}
+        )
+        start = HistoryMark.objects.select_for_update().get(pk=1).rolled_up_to
+        end = min(until, start + timedelta(minutes=CATCH_UP))
+        if end <= start:
+            return 0
+        HistoryMinute.objects.bulk_create(_minutes(start, end))
+        HistoryMark.objects.filter(pk=1).update(rolled_up_to=end)
+    return int((end - start).total_seconds() // 60)
+
+
+def _minutes(start: datetime, end: datetime) -> list[HistoryMinute]:
+    """The HistoryMinute rows of the jobs that ended in [start, end)."""
+    rows: dict[tuple[int, str, str], HistoryMinute] = {}
+    for status_group in STATUS_GROUPS:
+        ended = (
+            _finished_since(start)
+            .filter(status__in=status_group, finished_at__lt=end)
+            .values_list("type", "status", "attempts", "created_at", "started_at", "finished_at")
+        )
+        for type_name, status, attempts, created_at, started_at, finished_at in ended.iterator(
+            chunk_size=2000
+        ):
+            minute = int(finished_at.timestamp()) // 60
+            row = rows.get((minute, type_name, status))
+            if row is None:
+                row = rows[(minute, type_name, status)] = HistoryMinute(
+                    minute=datetime.fromtimestamp(minute * 60, UTC),
+                    type=type_name,
+                    status=status,
+                    finished=0,
+                    runs={},
+                    waits={},
+                )
+            row.finished += 1
+            if status in RAN and started_at is not None:
+                _count(row.runs, (finished_at - started_at).total_seconds())
+                if attempts == 1:
+                    _count(row.waits, (started_at - created_at).total_seconds())
+    return list(rows.values())
+
+
+def _count(bins: dict[str, int], seconds: float) -> None:
+    key = str(Histogram.bin(seconds))
+    bins[key] = bins.get(key, 0) + 1
+
+
+def purge_rollups(now: datetime | None = None) -> int:
+    """Delete the rolled-up minutes older than every window (KEEP_ROLLUPS_FOR); returns
+    how many rows went."""
+    cutoff = (now or timezone.now()) - KEEP_ROLLUPS_FOR
+    return HistoryMinute.objects.filter(minute__lt=cutoff).delete()[0]
+
+
+def _split(start: datetime) -> tuple[datetime | None, datetime]:
+    """For a window from `start`: the end of its rolled-up part (None: nothing of it is
+    rolled up), and where its part read from the job rows starts."""
+    mark = rolled_up_to()
+    if mark is None or mark <= start:
+        return None, start
+    return mark, mark
+
+
+def _rolled_up(start: datetime, end: datetime):
+    return HistoryMinute.objects.order_by().filter(
+        minute__gte=start, minute__lt=end, type__in=registry.names()
+    )
+
+
 def finished_per_bucket(win: Window, now: datetime | None = None) -> list[dict[str, Any]]:
     """Jobs finished in each bucket of the window by status, oldest bucket first:
     [{"start": datetime, "succeeded": n, "failed": n, "cancelled": n, "expired": n}]."""
     start, _ = bounds(win, now)
     size = int(win.bucket.total_seconds())
-    counts: dict[tuple[int, str], int] = {}
+    counts: Counter[tuple[int, str]] = Counter()
+    mark, tail = _split(start)
+    if mark is not None:
+        rows = (
+            _rolled_up(start, mark)
+            .annotate(bucket=EpochBucket("minute", size))
+            .values("bucket", "status")
+            .annotate(n=Sum("finished"))
+        )
+        for row in rows:
+            counts[(row["bucket"], row["status"])] += row["n"]
     for status_group in STATUS_GROUPS:
         rows = (
-            _finished_since(start)
+            _finished_since(tail)
             .filter(status__in=status_group)
             .annotate(bucket=EpochBucket("finished_at", size))
             .values("bucket", "status")
             .annotate(n=Count("id"))
         )
         for row in rows:
-            counts[(row["bucket"], row["status"])] = row["n"]
+            counts[(row["bucket"], row["status"])] += row["n"]
     first = int(start.timestamp())
     return [
         {
             "start": datetime.fromtimestamp(first + i * size, UTC),
-            **{s.value: counts.get((first + i * size, s.value), 0) for s in FINISHED},
+            **{s.value: counts[(first + i * size, s.value)] for s in FINISHED},
         }
         for i in range(win.buckets)
     ]
@@ -139,11 +281,20 @@ def finished_counts(win: Window, now: datetime | None = None) -> dict[str, int]:
     """Jobs finished in the window by status: the sum of its buckets, in one count."""
     start, _ = bounds(win, now)
     counts = dict.fromkeys((s.value for s in FINISHED), 0)
+    mark, tail = _split(start)
+    if mark is not None:
+        rows = _rolled_up(start, mark).values("status").annotate(n=Sum("finished"))
+        for row in rows:
+            counts[row["status"]] += row["n"]
     for status_group in STATUS_GROUPS:
-        rows = _finished_since(start).filter(status__in=status_group)
+        rows = _finished_since(tail).filter(status__in=status_group)
         for row in rows.values("status").annotate(n=Count("id")):
-            counts[row["status"]] = row["n"]
+            counts[row["status"]] += row["n"]
     return counts
+
+
+# (value, how many): a time known exactly (1 job), or a histogram bin's value.
+Weighted = list[tuple[float, int]]
 
 
 def durations(win: Window, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -152,68 +303,120 @@ def durations(win: Window, now: datetime | None = None) -> list[dict[str, Any]]:
     [{"type", "runs", "run_p50", "run_p95", "waits", "wait_p50", "wait_p95"}], by type.
     A figure is None when no job counts for it."""
     start, _ = bounds(win, now)
-    if connection.vendor == "postgresql":
-        rows = _durations_in_postgresql(start)
-    else:
-        rows = _durations_in_python(start)
-    return sorted(rows, key=lambda row: row["type"])
+    mark, tail = _split(start)
+    runs: dict[str, Weighted] = {}
+    waits: dict[str, Weighted] = {}
+    if mark is not None:
+        for type_name, kind, number, n in _merged_bins(start, mark):
+            values = runs if kind == "runs" else waits
+            values.setdefault(type_name, []).append((Histogram.value(number), n))
+            runs.setdefault(type_name, [])
+    for type_name, attempts, created_at, started_at, finished_at in _ran_since(tail):
+        runs.setdefault(type_name, []).append(((finished_at - started_at).total_seconds(), 1))
+        if attempts == 1:
+            waits.setdefault(type_name, []).append(((started_at - created_at).total_seconds(), 1))
+    summaries = []
+    for type_name, run_values in runs.items():
+        wait_values = waits.get(type_name, [])
+        summaries.append(
+            _summary(
+                type_name,
+                sum(n for _, n in run_values),
+                [weighted_percentile(run_values, q) for q in QUANTILES] if run_values else [],
+                sum(n for _, n in wait_values),
+                [weighted_percentile(wait_values, q) for q in QUANTILES] if wait_values else [],
+            )
+        )
+    return sorted(summaries, key=lambda row: row["type"])
 
 
-# One arm per status, so that each reads its retention index (a `status IN` across the
-# two partial indexes would read the whole table).
-_RAN_ROWS = f"""
-    SELECT type, attempts, created_at, started_at, finished_at FROM "{Job._meta.db_table}"
-    WHERE status = %s AND type = ANY(%s) AND finished_at >= %s AND started_at IS NOT NULL"""
-_DURATIONS_SQL = f"""
-SELECT type,
-    count(*),
-    percentile_cont(%s) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at)),
-    count(*) FILTER (WHERE attempts = 1),
-    percentile_cont(%s) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM started_at - created_at))
-        FILTER (WHERE attempts = 1)
-FROM ({" UNION ALL ".join([_RAN_ROWS] * len(RAN))}) AS ran
-GROUP BY type
-"""
-
-
-def _durations_in_postgresql(start: datetime) -> list[dict[str, Any]]:
-    """Exact percentiles, computed in the database."""
-    types = registry.names()
-    params = [list(QUANTILES), list(QUANTILES)]
+def _ran_since(since: datetime) -> list[tuple]:
+    """(type, attempts, created_at, started_at, finished_at) of the latest SAMPLE jobs of
+    each status in RAN that ended since `since`: one query per status, so that each reads
+    its retention index (a `status IN` across the two partial indexes would read the
+    whole table)."""
+    found: list[tuple] = []
     for status in RAN:
-        params += [status.value, types, start]
-    with connection.cursor() as cursor:
-        cursor.execute(_DURATIONS_SQL, params)
-        return [
-            _summary(type_name, runs, run_q or [], waits, wait_q or [])
-            for type_name, runs, run_q, waits, wait_q in cursor.fetchall()
-        ]
+        found += _ran_query(since, status)
+    return found
 
 
-def _durations_in_python(start: datetime) -> list[dict[str, Any]]:
-    rows = (
-        _finished_since(start)
-        .filter(status__in=RAN, started_at__isnull=False)
+def _ran_query(since: datetime, status: str):
+    return (
+        _finished_since(since)
+        .filter(status=status, started_at__isnull=False)
         .order_by("-finished_at")
         .values_list("type", "attempts", "created_at", "started_at", "finished_at")[:SAMPLE]
     )
-    runs: dict[str, list[float]] = {}
-    waits: dict[str, list[float]] = {}
-    for type_name, attempts, created_at, started_at, finished_at in rows:
-        runs.setdefault(type_name, []).append((finished_at - started_at).total_seconds())
-        waits.setdefault(type_name, [])
-        if attempts == 1:
-            waits[type_name].append((started_at - created_at).total_seconds())
-    return [
-        _summary(
-            type_name,
-            len(values),
-            [percentile(values, q) for q in QUANTILES] if values else [],
-            len(waits[type_name]),
-            [percentile(waits[type_name], q) for q in QUANTILES] if waits[type_name] else [],
-        )
-        for type_name, values in runs.items()
-    ]
+
+
+_MERGED_BINS = {
+    "postgresql": """
+        SELECT h.type, %(kind)s, bin.key::integer, sum(bin.value::bigint)::bigint
+        FROM "{table}" AS h, jsonb_each_text(h."{column}") AS bin
+        WHERE h.minute >= %(start)s AND h.minute < %(end)s AND h.type = ANY(%(types)s)
+            AND h.status = ANY(%(ran)s)
+        GROUP BY h.type, bin.key""",
+    "sqlite": """
+        SELECT h.type, %(kind)s, CAST(bin.key AS integer), sum(bin.value)
+        FROM "{table}" AS h, json_each(h."{column}") AS bin
+        WHERE h.minute >= %(start)s AND h.minute < %(end)s
+            AND h.type IN (SELECT value FROM json_each(%(types)s))
+            AND h.status IN (SELECT value FROM json_each(%(ran)s))
+        GROUP BY h.type, bin.key""",
+}
+
+
+def _merged_bins(start: datetime, end: datetime) -> list[tuple[str, str, int, int]]:
+    """The run and wait histograms of the rolled-up minutes in [start, end), merged in the
+    database per type: (type, "runs" or "waits", bin, jobs)."""
+    import json
+
+    sql = _MERGED_BINS[connection.vendor]
+    types, ran = registry.names(), [s.value for s in RAN]
+    if connection.vendor == "sqlite":
+        types, ran = json.dumps(types), json.dumps(ran)
+    found = []
+    with connection.cursor() as cursor:
+        for kind in ("runs", "waits"):
+            cursor.execute(
+                sql.format(table=HistoryMinute._meta.db_table, column=kind),
+                {
+                    "kind": kind,
+                    "start": _param(start),
+                    "end": _param(end),
+                    "types": types,
+                    "ran": ran,
+                },
+            )
+            found += cursor.fetchall()
+    return found
+
+
+def _param(moment: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(moment)
+
+
+def weighted_percentile(values: Weighted, q: float) -> float:
+    """The q-quantile, interpolated between the closest ranks as PostgreSQL's
+    percentile_cont does, of the values each counted its number of times."""
+    ordered = sorted(values)
+    total = sum(n for _, n in ordered)
+    rank = q * (total - 1)
+    low = math.floor(rank)
+    high = min(low + 1, total - 1)
+    return _at_rank(ordered, low) + (_at_rank(ordered, high) - _at_rank(ordered, low)) * (
+        rank - low
+    )
+
+
+def _at_rank(ordered: Weighted, rank: int) -> float:
+    seen = 0
+    for value, n in ordered:
+        seen += n
+        if rank < seen:
+            return value
+    return ordered[-1][0]
 
 
 def _summary(

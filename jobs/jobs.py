@@ -10,7 +10,7 @@ from django.core.mail import EmailMessage
 from django.utils import timezone
 from rest_framework import serializers
 
-from . import queries, retention
+from . import history, queries, retention
 from .context import JobContext
 from .registry import Exposure, Retention, job_type
 
@@ -152,7 +152,12 @@ def sleep(ctx: JobContext) -> dict:
 )
 def purge(ctx: JobContext) -> dict:
     deleted = retention.purge_finished()
-    return {"deleted": deleted, "total": sum(deleted.values())}
+    return {
+        "deleted": deleted,
+        "total": sum(deleted.values()),
+        # The history charts' rolled-up minutes older than their longest window.
+        "history_minutes": history.purge_rollups(),
+    }
 
 
 @job_type(

@@ -499,3 +499,38 @@ class JobDependency(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} after {self.depends_on_id}"
+
+
+class HistoryMinute(models.Model):
+    """The jobs of one type that ended with one status in one closed minute, rolled up
+    from the job table by the sweeper (jobs.history.roll_up): how many, and histograms of
+    their run and wait times (jobs.history.Histogram: bin number -> jobs)."""
+
+    minute = models.DateTimeField()
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    finished = models.PositiveIntegerField()
+    runs = models.JSONField(default=dict)
+    waits = models.JSONField(default=dict)
+
+    class Meta:
+        # Also the index the history reads through: a range of minutes.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "type", "status"], name="historyminute_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.status} at {self.minute.isoformat()}"
+
+
+class HistoryMark(models.Model):
+    """How far the history is rolled up: every minute before `rolled_up_to` is in
+    HistoryMinute, none after. One row, locked while a roll-up advances it."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    rolled_up_to = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"rolled up to {self.rolled_up_to.isoformat()}"

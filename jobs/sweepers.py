@@ -1,6 +1,7 @@
 """Putting jobs back in play after something was lost: a message never sent or lost
 in the broker, a worker or pool process that died holding a job, a worker shutting
-down, a broker that lost its data, messages taken by a worker that stopped. Beat runs
+down, a broker that lost its data, messages taken by a worker that stopped; and the
+history's closed minutes rolled up (jobs/history.py). Beat runs
 `sweep` every JOBS_SWEEP_INTERVAL seconds; a worker's main process calls `recover_lost`
 and `hand_back` itself."""
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis import RedisError
 
-from . import broker_loss, followups, limits, worker_loss
+from . import broker_loss, followups, history, limits, worker_loss
 from .dispatch import dispatch
 from .models import Held, Job, Status, WorkerHeartbeat
 from .store import held, job_store
@@ -39,6 +40,7 @@ def sweep() -> dict[str, int]:
         "released": limits.release_held(),
         "dispatched": dispatch_due(),
         "followed_up": followups.catch_up(),
+        "rolled_up": history.roll_up(),
     }
 
 

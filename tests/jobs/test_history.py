@@ -2,17 +2,20 @@
 run times per type, jobs per queue; as JSON for staff at /dashboard/history/ and as
 /metrics lines."""
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
+from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs import history, services
-from jobs.models import Held, Job, Status
+from jobs import history, retention, services, sweepers
+from jobs.models import Held, HistoryMark, HistoryMinute, Job, Status
 from tests.engine import job_type, reloaded, run, run_to_the_end
+from tests.support import run_in_threads
 
 pytestmark = pytest.mark.django_db
 
@@ -339,12 +342,7 @@ def test_the_history_reads_the_finished_rows_through_the_retention_indexes():
             history._finished_since(since).filter(status__in=group).explain()
             for group in history.STATUS_GROUPS
         ]
-        cursor.execute(
-            "EXPLAIN " + history._DURATIONS_SQL,
-            [[0.5, 0.95], [0.5, 0.95]]
-            + [p for s in history.RAN for p in (s.value, ["system.noop"], since)],
-        )
-        plans.append("\n".join(row[0] for row in cursor.fetchall()))
+        plans += [history._ran_query(since, status).explain() for status in history.RAN]
         # ANALYZE's row count outlives the test's rollback: leave the next tests' planner
         # an empty table, as it found it.
         Job.objects.all().delete()
@@ -353,3 +351,205 @@ def test_the_history_reads_the_finished_rows_through_the_retention_indexes():
     assert "job_purge_succeeded" in plans[0] and "Seq Scan" not in plans[0], plans[0]
     assert "job_purge_failed" in plans[1] and "Seq Scan" not in plans[1], plans[1]
     assert "job_purge_succeeded" in plans[2] and "Seq Scan" not in plans[2], plans[2]
+    # The failed rows that ran: job_purge_failed, or the failed list's own index.
+    assert "Index" in plans[3] and "Seq Scan" not in plans[3], plans[3]
+
+
+# --- rolled-up minutes ------------------------------------------------------------------
+
+
+def many_ended(count: int, *, since: timedelta, seed: int = 7) -> None:
+    """`count` jobs of two types that ended over the `since` before NOW, with run and wait
+    times spread from milliseconds to minutes, some retried, some cancelled or expired."""
+    rng = random.Random(seed)
+    statuses = [Status.SUCCEEDED] * 6 + [Status.FAILED, Status.CANCELLED, Status.EXPIRED]
+    drawn = []
+    for _ in range(count):
+        finished_at = NOW - since * rng.random()
+        status = rng.choice(statuses)
+        ran = None if status == Status.EXPIRED else rng.lognormvariate(0, 2)
+        started_at = None if ran is None else finished_at - timedelta(seconds=ran)
+        waited = timedelta(seconds=rng.lognormvariate(-1, 2))
+        drawn.append(
+            Job(
+                type=rng.choice(["system.noop", "system.sleep"]),
+                status=status,
+                attempts=rng.choice([1, 1, 1, 2]),
+                started_at=started_at,
+                finished_at=finished_at,
+                created_at=(started_at or finished_at) - waited,
+            )
+        )
+    created_at = [job.created_at for job in drawn]
+    created = Job.objects.bulk_create(drawn)
+    # auto_now_add set created_at on insert: put back the drawn one.
+    for job, moment in zip(created, created_at, strict=True):
+        job.created_at = moment
+    Job.objects.bulk_update(created, ["created_at"], batch_size=500)
+
+
+def roll_up_all(now: datetime = NOW) -> int:
+    minutes = 0
+    while rolled := history.roll_up(now):
+        minutes += rolled
+    return minutes
+
+
+def figures(now: datetime = NOW) -> dict:
+    return {
+        name: {
+            "buckets": history.finished_per_bucket(win, now),
+            "counts": history.finished_counts(win, now),
+            "durations": history.durations(win, now),
+        }
+        for name, win in history.WINDOWS.items()
+    }
+
+
+def assert_close(rolled: dict, exact: dict) -> None:
+    """Counts equal; percentiles within the histogram's stated error (or its floor)."""
+    for name in history.WINDOWS:
+        assert rolled[name]["buckets"] == exact[name]["buckets"]
+        assert rolled[name]["counts"] == exact[name]["counts"]
+        assert len(rolled[name]["durations"]) == len(exact[name]["durations"])
+        for got, want in zip(rolled[name]["durations"], exact[name]["durations"], strict=True):
+            assert (got["type"], got["runs"], got["waits"]) == (
+                want["type"],
+                want["runs"],
+                want["waits"],
+            )
+            for key in ("run_p50", "run_p95", "wait_p50", "wait_p95"):
+                # The figures are rounded to the millisecond.
+                assert got[key] == pytest.approx(
+                    want[key], rel=history.ERROR, abs=history.Histogram.FLOOR + 0.001
+                ), (name, got["type"], key)
+
+
+def rolled_up_jobs() -> int:
+    return HistoryMinute.objects.aggregate(total=Sum("finished"))["total"] or 0
+
+
+def test_counts_and_percentiles_from_rolled_up_minutes_match_the_table():
+    many_ended(1500, since=timedelta(hours=30))
+    exact = figures()
+
+    minutes = roll_up_all()
+
+    # From a day back (the first pass's start, 12:30) to the last minute that closed LAG
+    # ago (12:27, before 12:28).
+    mark = history.rolled_up_to()
+    assert mark == datetime(2026, 11, 30, 12, 28, tzinfo=UTC)
+    assert minutes == 24 * 60 - 2
+    assert not HistoryMinute.objects.filter(minute__gte=mark).exists()
+    assert (
+        rolled_up_jobs()
+        == Job.objects.filter(
+            finished_at__gte=datetime(2026, 11, 29, 12, 30, tzinfo=UTC), finished_at__lt=mark
+        ).count()
+    )
+    assert_close(figures(), exact)
+    # The charts draw the same in the same shape.
+    assert history.charts(DAY, NOW)["finished_totals"] == exact["day"]["counts"]
+
+
+def test_the_minutes_since_the_mark_are_read_from_the_job_table():
+    roll_up_all()
+    mark = history.rolled_up_to()
+    ended(mark - timedelta(seconds=30), ran=2)  # in a minute rolled up already: too late
+    ended(mark + timedelta(seconds=1), ran=4)  # 12:28:01, after the mark
+    ended(NOW, Status.FAILED, ran=8)  # 12:30:30, the minute under way
+
+    hour = history.finished_per_bucket(HOUR, NOW)
+    [row] = history.durations(HOUR, NOW)
+
+    assert counts(hour[-3]) == (1, 0, 0, 0) and counts(hour[-1]) == (0, 1, 0, 0)
+    # A job whose end lands in a minute already rolled up is not counted: LAG is long
+    # enough that none does.
+    assert counts(hour[-4]) == (0, 0, 0, 0)
+    assert (row["runs"], row["run_p50"], row["run_p95"]) == (2, 6.0, 7.8)
+
+
+def test_a_minute_is_rolled_up_once_however_often_the_step_runs():
+    many_ended(300, since=timedelta(hours=2))
+    exact = figures()
+
+    roll_up_all()
+    assert history.roll_up(NOW) == 0
+    assert history.roll_up(NOW + timedelta(seconds=20)) == 0  # 12:30:50: 12:28 ended 1:50 ago
+    assert history.roll_up(NOW + timedelta(seconds=40)) == 1  # 12:31:10: 12:28 ended 2:10 ago
+    assert history.rolled_up_to() == datetime(2026, 11, 30, 12, 29, tzinfo=UTC)
+
+    assert_close(figures(), exact)
+    assert rolled_up_jobs() == Job.objects.filter(finished_at__lt=history.rolled_up_to()).count()
+
+
+def test_the_sweep_rolls_up_the_closed_minutes():
+    ended(timezone.now() - timedelta(minutes=10))
+
+    # The first pass starts a day back and catches up an hour at a time.
+    assert sweepers.sweep()["rolled_up"] == history.CATCH_UP
+    while sweepers.sweep()["rolled_up"]:
+        pass
+
+    assert HistoryMinute.objects.get().finished == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_roll_ups_at_the_same_moment_count_each_minute_once():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite runs one writer at a time: there is no race to lose")
+    many_ended(400, since=timedelta(hours=3))
+    exact = figures()
+
+    def roll_up_in_thread(_: int) -> int:
+        try:
+            return roll_up_all()
+        finally:
+            connections.close_all()
+
+    minutes = run_in_threads(4, roll_up_in_thread)
+
+    assert sum(minutes) == 24 * 60 - 2
+    assert HistoryMark.objects.get().rolled_up_to == datetime(2026, 11, 30, 12, 28, tzinfo=UTC)
+    assert rolled_up_jobs() == Job.objects.filter(finished_at__lt=history.rolled_up_to()).count()
+    assert_close(figures(), exact)
+
+
+def test_the_history_outlives_the_purge_of_the_job_rows():
+    many_ended(300, since=timedelta(hours=20))
+    roll_up_all()
+    # Only rolled-up jobs, so that the figures before and after the purge compare.
+    Job.objects.filter(finished_at__gte=history.rolled_up_to()).delete()
+    exact = figures()
+
+    # Retention deletes the job rows (well past any policy), not the rolled-up minutes.
+    retention.purge_finished(now=NOW + timedelta(days=400))
+    assert not Job.objects.exists()
+
+    assert_close(figures(), exact)
+    assert sum(figures()["day"]["counts"].values()) == rolled_up_jobs() > 250
+
+
+def test_the_purge_job_deletes_the_rolled_up_minutes_past_the_longest_window():
+    old = timezone.now() - history.KEEP_ROLLUPS_FOR - timedelta(minutes=1)
+    HistoryMinute.objects.create(minute=old, type="system.noop", status="succeeded", finished=3)
+    HistoryMinute.objects.create(
+        minute=timezone.now() - timedelta(hours=2), type="system.noop", status="failed", finished=1
+    )
+    job = services.enqueue("system.purge").job
+
+    assert run(job) == "succeeded"
+
+    assert reloaded(job).result["history_minutes"] == 1
+    assert list(HistoryMinute.objects.values_list("status", flat=True)) == ["failed"]
+
+
+def test_histogram_bins_hold_each_time_within_the_stated_error():
+    rng = random.Random(3)
+    times = [0.0011, 0.5, 1.0, 2.0, 59.9, 3600.0] + [rng.expovariate(0.1) for _ in range(200)]
+    for seconds in times:
+        value = history.Histogram.value(history.Histogram.bin(seconds))
+        assert abs(value - seconds) <= history.ERROR * seconds + 1e-12
+    assert history.Histogram.value(history.Histogram.bin(0.0004)) == 0.0
+    assert history.Histogram.bin(-3) == 0
+    assert history.ERROR < 0.045
