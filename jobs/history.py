@@ -10,7 +10,7 @@ Definitions (docs/operations.md#history-charts):
   start is gone and the gap would count its failed attempts and their backoff.
 
 The sweeper rolls the closed minutes up (`roll_up`): per minute, type and status, how
-many jobs ended and histograms of their run and wait times (HistoryMinute), up to a mark
+many jobs ended and histograms of their run and wait times (HistoryRollup), up to a mark
 (HistoryMark) `LAG` behind now. A window is read from the rolled-up minutes it holds and,
 for the minutes since the mark, from the job rows (a few minutes' worth), so its cost
 follows the minutes and types, not the jobs; and it outlives the purge of the job rows.
@@ -32,7 +32,7 @@ from django.db.models import Count, Func, IntegerField, Q, Sum
 from django.utils import timezone
 
 from . import registry
-from .models import Held, HistoryMark, HistoryMinute, Job, Status
+from .models import Held, HistoryMark, HistoryRollup, Job, Status
 
 FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 RAN = (Status.SUCCEEDED, Status.FAILED)
@@ -47,6 +47,7 @@ SAMPLE = 20_000
 LAG = timedelta(minutes=2)
 # At most this many minutes per pass, so that a pass stays short when it catches up.
 CATCH_UP = 60
+MINUTE, QUARTER = 60, 900
 
 
 @dataclass(frozen=True)
@@ -148,40 +149,45 @@ ERROR = Histogram.ERROR
 
 
 def _minute(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
+    return _floor(moment, MINUTE)
 
 
 def rolled_up_to() -> datetime | None:
-    """Every minute before this is in HistoryMinute; None before the first roll-up."""
+    """Every minute before this is in HistoryRollup; None before the first roll-up."""
     return HistoryMark.objects.filter(pk=1).values_list("rolled_up_to", flat=True).first()
 
 
 def roll_up(now: datetime | None = None) -> int:
     """Roll up the minutes that closed at least LAG ago and are not yet rolled up, at most
-    CATCH_UP of them, and move the mark past them in the same transaction, the mark's row
-    locked: a minute is rolled up once, whoever runs this at the same time. The first
-    pass starts a day back. Returns how many minutes were rolled up."""
+    CATCH_UP of them, and each quarter hour they complete; move the mark past them in the
+    same transaction, the mark's row locked: a minute is rolled up once, whoever runs
+    this at the same time. The first pass starts a day back, on a quarter hour. Returns
+    how many minutes were rolled up."""
     now = now or timezone.now()
     until = _minute(now - LAG)
     mark = rolled_up_to()
     if mark is not None and mark >= until:
         return 0
     with transaction.atomic():
-        HistoryMark.objects.get_or_create(
-            pk=1, defaults={"rolled_up_to": _minute(now - max(w.span for w in WINDOWS.values()))}
-        )
+        first = _floor(now - max(w.span for w in WINDOWS.values()), QUARTER)
+        HistoryMark.objects.get_or_create(pk=1, defaults={"rolled_up_to": first})
         start = HistoryMark.objects.select_for_update().get(pk=1).rolled_up_to
         end = min(until, start + timedelta(minutes=CATCH_UP))
         if end <= start:
             return 0
-        HistoryMinute.objects.bulk_create(_minutes(start, end))
+        HistoryRollup.objects.bulk_create(_minutes(start, end))
+        HistoryRollup.objects.bulk_create(_quarters(start, end))
         HistoryMark.objects.filter(pk=1).update(rolled_up_to=end)
     return int((end - start).total_seconds() // 60)
 
 
-def _minutes(start: datetime, end: datetime) -> list[HistoryMinute]:
-    """The HistoryMinute rows of the jobs that ended in [start, end)."""
-    rows: dict[tuple[int, str, str], HistoryMinute] = {}
+def _floor(moment: datetime, seconds: int) -> datetime:
+    return datetime.fromtimestamp(int(moment.timestamp()) // seconds * seconds, UTC)
+
+
+def _minutes(start: datetime, end: datetime) -> list[HistoryRollup]:
+    """The minute rows of the jobs that ended in [start, end)."""
+    rows: dict[tuple[int, str, str], HistoryRollup] = {}
     for status_group in STATUS_GROUPS:
         ended = (
             _finished_since(start)
@@ -191,23 +197,54 @@ def _minutes(start: datetime, end: datetime) -> list[HistoryMinute]:
         for type_name, status, attempts, created_at, started_at, finished_at in ended.iterator(
             chunk_size=2000
         ):
-            minute = int(finished_at.timestamp()) // 60
+            minute = int(finished_at.timestamp()) // MINUTE * MINUTE
             row = rows.get((minute, type_name, status))
             if row is None:
-                row = rows[(minute, type_name, status)] = HistoryMinute(
-                    minute=datetime.fromtimestamp(minute * 60, UTC),
-                    type=type_name,
-                    status=status,
-                    finished=0,
-                    runs={},
-                    waits={},
-                )
+                row = rows[(minute, type_name, status)] = _rollup(minute, MINUTE, type_name, status)
             row.finished += 1
             if status in RAN and started_at is not None:
                 _count(row.runs, (finished_at - started_at).total_seconds())
                 if attempts == 1:
                     _count(row.waits, (started_at - created_at).total_seconds())
     return list(rows.values())
+
+
+def _quarters(start: datetime, end: datetime) -> list[HistoryRollup]:
+    """The quarter-hour rows of the quarters that end in (start, end], merged from their
+    minute rows: the day window reads 15 times fewer rows."""
+    first = _floor(start, QUARTER) + timedelta(seconds=QUARTER)
+    ends = int(first.timestamp()), int(end.timestamp())
+    rows: dict[tuple[int, str, str], HistoryRollup] = {}
+    for quarter_end in range(ends[0], ends[1] + 1, QUARTER):
+        quarter = quarter_end - QUARTER
+        minutes = HistoryRollup.objects.filter(
+            seconds=MINUTE,
+            start__gte=datetime.fromtimestamp(quarter, UTC),
+            start__lt=datetime.fromtimestamp(quarter_end, UTC),
+        )
+        for minute in minutes:
+            row = rows.get((quarter, minute.type, minute.status))
+            if row is None:
+                row = rows[(quarter, minute.type, minute.status)] = _rollup(
+                    quarter, QUARTER, minute.type, minute.status
+                )
+            row.finished += minute.finished
+            for merged, more in ((row.runs, minute.runs), (row.waits, minute.waits)):
+                for key, n in more.items():
+                    merged[key] = merged.get(key, 0) + n
+    return list(rows.values())
+
+
+def _rollup(start: int, seconds: int, type_name: str, status: str) -> HistoryRollup:
+    return HistoryRollup(
+        start=datetime.fromtimestamp(start, UTC),
+        seconds=seconds,
+        type=type_name,
+        status=status,
+        finished=0,
+        runs={},
+        waits={},
+    )
 
 
 def _count(bins: dict[str, int], seconds: float) -> None:
@@ -219,21 +256,28 @@ def purge_rollups(now: datetime | None = None) -> int:
     """Delete the rolled-up minutes older than every window (KEEP_ROLLUPS_FOR); returns
     how many rows went."""
     cutoff = (now or timezone.now()) - KEEP_ROLLUPS_FOR
-    return HistoryMinute.objects.filter(minute__lt=cutoff).delete()[0]
+    return HistoryRollup.objects.filter(start__lt=cutoff).delete()[0]
 
 
-def _split(start: datetime) -> tuple[datetime | None, datetime]:
-    """For a window from `start`: the end of its rolled-up part (None: nothing of it is
-    rolled up), and where its part read from the job rows starts."""
+def _split(win: Window, start: datetime) -> tuple[list[tuple[int, datetime, datetime]], datetime]:
+    """For a window from `start`: its rolled-up parts, (seconds, from, to): quarter hours
+    for a window of 15-minute buckets, then minutes up to the mark; and where its part
+    read from the job rows starts (the mark, or `start` when nothing of it is rolled up)."""
     mark = rolled_up_to()
     if mark is None or mark <= start:
-        return None, start
-    return mark, mark
+        return [], start
+    parts = []
+    if int(win.bucket.total_seconds()) % QUARTER == 0:
+        quarters_end = max(start, _floor(mark, QUARTER))
+        parts.append((QUARTER, start, quarters_end))
+        start = quarters_end
+    parts.append((MINUTE, start, mark))
+    return [part for part in parts if part[1] < part[2]], mark
 
 
-def _rolled_up(start: datetime, end: datetime):
-    return HistoryMinute.objects.order_by().filter(
-        minute__gte=start, minute__lt=end, type__in=registry.names()
+def _rolled_up(seconds: int, start: datetime, end: datetime):
+    return HistoryRollup.objects.order_by().filter(
+        seconds=seconds, start__gte=start, start__lt=end, type__in=registry.names()
     )
 
 
@@ -243,11 +287,11 @@ def finished_per_bucket(win: Window, now: datetime | None = None) -> list[dict[s
     start, _ = bounds(win, now)
     size = int(win.bucket.total_seconds())
     counts: Counter[tuple[int, str]] = Counter()
-    mark, tail = _split(start)
-    if mark is not None:
+    parts, tail = _split(win, start)
+    for part in parts:
         rows = (
-            _rolled_up(start, mark)
-            .annotate(bucket=EpochBucket("minute", size))
+            _rolled_up(*part)
+            .annotate(bucket=EpochBucket("start", size))
             .values("bucket", "status")
             .annotate(n=Sum("finished"))
         )
@@ -281,9 +325,9 @@ def finished_counts(win: Window, now: datetime | None = None) -> dict[str, int]:
     """Jobs finished in the window by status: the sum of its buckets, in one count."""
     start, _ = bounds(win, now)
     counts = dict.fromkeys((s.value for s in FINISHED), 0)
-    mark, tail = _split(start)
-    if mark is not None:
-        rows = _rolled_up(start, mark).values("status").annotate(n=Sum("finished"))
+    parts, tail = _split(win, start)
+    for part in parts:
+        rows = _rolled_up(*part).values("status").annotate(n=Sum("finished"))
         for row in rows:
             counts[row["status"]] += row["n"]
     for status_group in STATUS_GROUPS:
@@ -303,11 +347,11 @@ def durations(win: Window, now: datetime | None = None) -> list[dict[str, Any]]:
     [{"type", "runs", "run_p50", "run_p95", "waits", "wait_p50", "wait_p95"}], by type.
     A figure is None when no job counts for it."""
     start, _ = bounds(win, now)
-    mark, tail = _split(start)
+    parts, tail = _split(win, start)
     runs: dict[str, Weighted] = {}
     waits: dict[str, Weighted] = {}
-    if mark is not None:
-        for type_name, kind, number, n in _merged_bins(start, mark):
+    for part in parts:
+        for type_name, kind, number, n in _merged_bins(*part):
             values = runs if kind == "runs" else waits
             values.setdefault(type_name, []).append((Histogram.value(number), n))
             runs.setdefault(type_name, [])
@@ -354,22 +398,23 @@ _MERGED_BINS = {
     "postgresql": """
         SELECT h.type, %(kind)s, bin.key::integer, sum(bin.value::bigint)::bigint
         FROM "{table}" AS h, jsonb_each_text(h."{column}") AS bin
-        WHERE h.minute >= %(start)s AND h.minute < %(end)s AND h.type = ANY(%(types)s)
+        WHERE h.seconds = %(seconds)s AND h.start >= %(start)s AND h.start < %(end)s
+            AND h.type = ANY(%(types)s)
             AND h.status = ANY(%(ran)s)
         GROUP BY h.type, bin.key""",
     "sqlite": """
         SELECT h.type, %(kind)s, CAST(bin.key AS integer), sum(bin.value)
         FROM "{table}" AS h, json_each(h."{column}") AS bin
-        WHERE h.minute >= %(start)s AND h.minute < %(end)s
+        WHERE h.seconds = %(seconds)s AND h.start >= %(start)s AND h.start < %(end)s
             AND h.type IN (SELECT value FROM json_each(%(types)s))
             AND h.status IN (SELECT value FROM json_each(%(ran)s))
         GROUP BY h.type, bin.key""",
 }
 
 
-def _merged_bins(start: datetime, end: datetime) -> list[tuple[str, str, int, int]]:
-    """The run and wait histograms of the rolled-up minutes in [start, end), merged in the
-    database per type: (type, "runs" or "waits", bin, jobs)."""
+def _merged_bins(seconds: int, start: datetime, end: datetime) -> list[tuple[str, str, int, int]]:
+    """The run and wait histograms of the rolled-up rows of `seconds` in [start, end),
+    merged in the database per type: (type, "runs" or "waits", bin, jobs)."""
     import json
 
     sql = _MERGED_BINS[connection.vendor]
@@ -380,9 +425,10 @@ def _merged_bins(start: datetime, end: datetime) -> list[tuple[str, str, int, in
     with connection.cursor() as cursor:
         for kind in ("runs", "waits"):
             cursor.execute(
-                sql.format(table=HistoryMinute._meta.db_table, column=kind),
+                sql.format(table=HistoryRollup._meta.db_table, column=kind),
                 {
                     "kind": kind,
+                    "seconds": seconds,
                     "start": _param(start),
                     "end": _param(end),
                     "types": types,

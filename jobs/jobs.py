@@ -155,8 +155,8 @@ def purge(ctx: JobContext) -> dict:
     return {
         "deleted": deleted,
         "total": sum(deleted.values()),
-        # The history charts' rolled-up minutes older than their longest window.
-        "history_minutes": history.purge_rollups(),
+        # The history charts' rolled-up minutes and quarter hours older than their longest window.
+        "history_rollups": history.purge_rollups(),
     }
 
 

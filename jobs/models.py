@@ -501,12 +501,14 @@ class JobDependency(models.Model):
         return f"{self.job_id} after {self.depends_on_id}"
 
 
-class HistoryMinute(models.Model):
-    """The jobs of one type that ended with one status in one closed minute, rolled up
-    from the job table by the sweeper (jobs.history.roll_up): how many, and histograms of
-    their run and wait times (jobs.history.Histogram: bin number -> jobs)."""
+class HistoryRollup(models.Model):
+    """The jobs of one type that ended with one status in one closed minute (`seconds`
+    60) or quarter hour (900), rolled up from the job table by the sweeper
+    (jobs.history.roll_up): how many, and histograms of their run and wait times
+    (jobs.history.Histogram: bin number -> jobs)."""
 
-    minute = models.DateTimeField()
+    start = models.DateTimeField()
+    seconds = models.PositiveIntegerField()
     type = models.CharField(max_length=100)
     status = models.CharField(max_length=16, choices=Status.choices)
     finished = models.PositiveIntegerField()
@@ -514,20 +516,20 @@ class HistoryMinute(models.Model):
     waits = models.JSONField(default=dict)
 
     class Meta:
-        # Also the index the history reads through: a range of minutes.
+        # Also the index the history reads through: a range of minutes or quarters.
         constraints = [
             models.UniqueConstraint(
-                fields=["minute", "type", "status"], name="historyminute_unique"
+                fields=["seconds", "start", "type", "status"], name="historyrollup_unique"
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.type} {self.status} at {self.minute.isoformat()}"
+        return f"{self.type} {self.status} {self.seconds}s from {self.start.isoformat()}"
 
 
 class HistoryMark(models.Model):
     """How far the history is rolled up: every minute before `rolled_up_to` is in
-    HistoryMinute, none after. One row, locked while a roll-up advances it."""
+    HistoryRollup, none after. One row, locked while a roll-up advances it."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     rolled_up_to = models.DateTimeField()

@@ -13,7 +13,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import history, retention, services, sweepers
-from jobs.models import Held, HistoryMark, HistoryMinute, Job, Status
+from jobs.models import Held, HistoryMark, HistoryRollup, Job, Status
 from tests.engine import job_type, reloaded, run, run_to_the_end
 from tests.support import run_in_threads
 
@@ -426,7 +426,8 @@ def assert_close(rolled: dict, exact: dict) -> None:
 
 
 def rolled_up_jobs() -> int:
-    return HistoryMinute.objects.aggregate(total=Sum("finished"))["total"] or 0
+    minutes = HistoryRollup.objects.filter(seconds=60)
+    return minutes.aggregate(total=Sum("finished"))["total"] or 0
 
 
 def test_counts_and_percentiles_from_rolled_up_minutes_match_the_table():
@@ -440,7 +441,17 @@ def test_counts_and_percentiles_from_rolled_up_minutes_match_the_table():
     mark = history.rolled_up_to()
     assert mark == datetime(2026, 11, 30, 12, 28, tzinfo=UTC)
     assert minutes == 24 * 60 - 2
-    assert not HistoryMinute.objects.filter(minute__gte=mark).exists()
+    assert not HistoryRollup.objects.filter(start__gte=mark).exists()
+    # The quarter hours hold what their minutes hold, the last one ending at 12:15.
+    quarters = HistoryRollup.objects.filter(seconds=900)
+    assert (
+        quarters.aggregate(total=Sum("finished"))["total"]
+        == Job.objects.filter(
+            finished_at__gte=datetime(2026, 11, 29, 12, 30, tzinfo=UTC),
+            finished_at__lt=datetime(2026, 11, 30, 12, 15, tzinfo=UTC),
+        ).count()
+    )
+    assert quarters.latest("start").start == datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert (
         rolled_up_jobs()
         == Job.objects.filter(
@@ -491,7 +502,7 @@ def test_the_sweep_rolls_up_the_closed_minutes():
     while sweepers.sweep()["rolled_up"]:
         pass
 
-    assert HistoryMinute.objects.get().finished == 1
+    assert HistoryRollup.objects.get(seconds=60).finished == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -532,16 +543,23 @@ def test_the_history_outlives_the_purge_of_the_job_rows():
 
 def test_the_purge_job_deletes_the_rolled_up_minutes_past_the_longest_window():
     old = timezone.now() - history.KEEP_ROLLUPS_FOR - timedelta(minutes=1)
-    HistoryMinute.objects.create(minute=old, type="system.noop", status="succeeded", finished=3)
-    HistoryMinute.objects.create(
-        minute=timezone.now() - timedelta(hours=2), type="system.noop", status="failed", finished=1
+    for seconds in (60, 900):
+        HistoryRollup.objects.create(
+            start=old, seconds=seconds, type="system.noop", status="succeeded", finished=3
+        )
+    HistoryRollup.objects.create(
+        start=timezone.now() - timedelta(hours=2),
+        seconds=60,
+        type="system.noop",
+        status="failed",
+        finished=1,
     )
     job = services.enqueue("system.purge").job
 
     assert run(job) == "succeeded"
 
-    assert reloaded(job).result["history_minutes"] == 1
-    assert list(HistoryMinute.objects.values_list("status", flat=True)) == ["failed"]
+    assert reloaded(job).result["history_rollups"] == 2
+    assert list(HistoryRollup.objects.values_list("status", flat=True)) == ["failed"]
 
 
 def test_histogram_bins_hold_each_time_within_the_stated_error():

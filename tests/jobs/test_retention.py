@@ -97,5 +97,5 @@ def test_the_purge_job_runs_on_the_maintenance_queue():
 
     job.refresh_from_db()
     assert job.queue == "maintenance"
-    assert job.result == {"deleted": {"system.noop": 4}, "total": 4, "history_minutes": 0}
+    assert job.result == {"deleted": {"system.noop": 4}, "total": 4, "history_rollups": 0}
     assert not Job.objects.filter(type="system.noop").exists()
