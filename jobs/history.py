@@ -46,7 +46,7 @@ SAMPLE = 20_000
 # by a worker whose clock is not further behind the sweeper's.
 LAG = timedelta(minutes=2)
 # At most this many minutes per pass, so that a pass stays short when it catches up.
-CATCH_UP = 60
+CATCH_UP = 15
 MINUTE, QUARTER = 60, 900
 
 

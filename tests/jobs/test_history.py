@@ -497,7 +497,7 @@ def test_a_minute_is_rolled_up_once_however_often_the_step_runs():
 def test_the_sweep_rolls_up_the_closed_minutes():
     ended(timezone.now() - timedelta(minutes=10))
 
-    # The first pass starts a day back and catches up an hour at a time.
+    # The first pass starts a day back and catches up a quarter hour at a time (CATCH_UP).
     assert sweepers.sweep()["rolled_up"] == history.CATCH_UP
     while sweepers.sweep()["rolled_up"]:
         pass
