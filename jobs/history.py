@@ -117,7 +117,7 @@ def bounds(win: Window, now: datetime | None = None) -> tuple[datetime, datetime
     return datetime.fromtimestamp(end, UTC) - win.span, datetime.fromtimestamp(end, UTC)
 
 
-# Rolled-up minutes outlive the longest window by this much (the retention purge).
+# Rolled-up rows outlive the longest window by this much (the retention purge).
 KEEP_ROLLUPS_FOR = max(w.span for w in WINDOWS.values()) + timedelta(hours=1)
 
 
@@ -253,8 +253,8 @@ def _count(bins: dict[str, int], seconds: float) -> None:
 
 
 def purge_rollups(now: datetime | None = None) -> int:
-    """Delete the rolled-up minutes older than every window (KEEP_ROLLUPS_FOR); returns
-    how many rows went."""
+    """Delete the rolled-up minutes and quarter hours older than every window
+    (KEEP_ROLLUPS_FOR); returns how many rows went."""
     cutoff = (now or timezone.now()) - KEEP_ROLLUPS_FOR
     return HistoryRollup.objects.filter(start__lt=cutoff).delete()[0]
 
