@@ -148,13 +148,15 @@ def sleep(ctx: JobContext) -> dict:
     queue="maintenance",
     soft_time_limit=600,
     retention=Retention(succeeded_for=timedelta(days=2), succeeded_max=100),
-    description="Delete finished jobs past their type's retention policy.",
+    description="Delete finished jobs past their type's retention policy, then the old "
+    "settled batches left without jobs.",
 )
 def purge(ctx: JobContext) -> dict:
     deleted = retention.purge_finished()
     return {
         "deleted": deleted,
         "total": sum(deleted.values()),
+        "batches": retention.purge_settled_batches(),
         # The history charts' rolled-up minutes and quarter hours older than their longest window.
         "history_rollups": history.purge_rollups(),
     }

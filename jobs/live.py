@@ -13,11 +13,12 @@ channel that numbers the changes it hears and wakes the threads waiting for them
 database connection (closed before waiting) and no Redis connection of its own. At most
 PUSH_MAX_WAITING requests of a process wait at once; the next ones are refused with a
 503 (`push_busy`), as they are while the hub cannot hear Redis (`push_unavailable`), and
-clients poll instead.
+clients poll instead. A process that exits stops its hub first (atexit), quietly.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import threading
@@ -171,6 +172,7 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
         self._stopping = threading.Event()
+        self._stops_at_exit = False
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -227,6 +229,12 @@ class Hub:
                 self._stopping.clear()
                 self._thread = threading.Thread(target=self._listen, name="push-hub", daemon=True)
                 self._thread.start()
+                if not self._stops_at_exit:
+                    # Registered after whatever started the Redis it hears, so run before
+                    # it at exit: a Redis stopped at exit (an embedded one) would otherwise
+                    # be heard going away, and logged to streams already closed.
+                    atexit.register(self.stop)
+                    self._stops_at_exit = True
 
     def stop(self) -> None:
         """Stop hearing (the next waiter starts again, with the settings of then)."""
@@ -241,7 +249,8 @@ class Hub:
             try:
                 self._listen_once()
             except Exception as exc:
-                log.warning("Live updates lost Redis, clients poll meanwhile: %s", exc)
+                if not self._stopping.is_set():
+                    log.warning("Live updates lost Redis, clients poll meanwhile: %s", exc)
             self._set_connected(False)
             self._stopping.wait(settings.PUSH_RECONNECT_SECONDS)
 

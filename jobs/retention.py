@@ -1,13 +1,15 @@
-"""Retention: finished jobs are deleted once past their type's policy (jobs.registry.Retention)."""
+"""Retention: finished jobs are deleted once past their type's policy (jobs.registry.Retention),
+and settled batches once they are old and have nothing left to show."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import registry
-from .models import Job, JobEvent, Status
+from .models import Batch, BatchState, Job, JobEvent, Status
 
 PURGE_BATCH = 1000
 
@@ -52,3 +54,36 @@ def _purge(type_name: str, statuses: list[str], older_than: datetime, keep: int 
             return total
         JobEvent.objects.filter(job_id__in=ids).delete()
         total += Job.objects.filter(id__in=ids).delete()[1].get(Job._meta.label, 0)
+
+
+def purge_settled_batches(now: datetime | None = None) -> int:
+    """Delete settled batches older than the default retention of finished jobs (a
+    succeeded batch after `Retention().succeeded_for`, a failed or cancelled one after
+    `failed_for`) once none of their jobs remains, each gone by its own type's policy,
+    and their callback jobs are gone too (a callback looks its batch up). Returns how
+    many."""
+    now = now or timezone.now()
+    policy = registry.Retention()
+    return _purge_batches([BatchState.SUCCEEDED], now - policy.succeeded_for) + _purge_batches(
+        [BatchState.FAILED, BatchState.CANCELLED], now - policy.failed_for
+    )
+
+
+def _purge_batches(states: list[str], older_than: datetime) -> int:
+    done = Batch.objects.filter(
+        state__in=states,
+        # A batch finished before the cutoff was created before it: the created_at
+        # index bounds the scan to the old batches.
+        created_at__lt=older_than,
+        finished_at__lt=older_than,
+        success_job__isnull=True,
+        complete_job__isnull=True,
+    ).exclude(Exists(Job.objects.filter(batch=OuterRef("pk"))))
+    total = 0
+    while True:
+        ids = list(done.order_by("created_at").values_list("id", flat=True)[:PURGE_BATCH])
+        if not ids:
+            return total
+        total += done.filter(id__in=ids).delete()[1].get(Batch._meta.label, 0)
+        if len(ids) < PURGE_BATCH:
+            return total

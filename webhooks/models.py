@@ -66,6 +66,8 @@ class DeliveryStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     DELIVERED = "delivered", "Delivered"
     FAILED = "failed", "Failed"
+    # Its job was cancelled before the receiver took it.
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class DeliveryQuerySet(models.QuerySet):

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Exists, F
 from django.utils import timezone
 
 from jobs.engine import (
@@ -28,9 +28,11 @@ from jobs.engine import (
     JobContext,
     JobSpec,
     PermanentError,
+    Status,
     batch_summary,
     enqueue_many,
     job_data,
+    one_line_error,
 )
 
 from . import addresses, sending, signing
@@ -117,8 +119,10 @@ def job_offer(job: Job) -> Offer | None:
 
 
 def jobs_ended(jobs: list[Job]) -> None:
-    """The follow-up of job ends: deliveries for the owners' subscribed endpoints. One
-    indexed query when none of the owners has an active endpoint."""
+    """The follow-up of job ends: deliveries for the owners' subscribed endpoints (one
+    indexed query when none of the owners has an active endpoint), and the deliveries
+    whose own job ended without settling them."""
+    settle_unsent([job.id for job in jobs if job.type == DELIVER and job.status in UNSENT_ENDS])
     candidates = [job for job in jobs if job.owner_id is not None and job.type != DELIVER]
     if not candidates:
         return
@@ -156,14 +160,23 @@ def catch_up_now_and_then(now: datetime) -> int:
 
 
 def catch_up(now: datetime) -> int:
-    """Deliveries a crash between an end and its follow-up skipped: for the jobs and
-    batches that ended within WEBHOOKS_CATCH_UP_MINUTES. Returns how many it created."""
+    """What a crash between an end and its follow-up skipped, for the jobs and batches
+    that ended within WEBHOOKS_CATCH_UP_MINUTES: the deliveries not created, and those
+    whose job ended without settling them. Returns how many it created or settled."""
+    since = now - timedelta(minutes=settings.WEBHOOKS_CATCH_UP_MINUTES)
+    unsent = Job.objects.filter(
+        type=DELIVER, status__in=UNSENT_ENDS, finished_at__gte=since
+    ).values_list("id", flat=True)
+    settled = settle_unsent(list(unsent))
+    return settled + _create_missed(since)
+
+
+def _create_missed(since: datetime) -> int:
     owner_ids = set(
         WebhookEndpoint.objects.filter(active=True).values_list("owner_id", flat=True).distinct()
     )
     if not owner_ids:
         return 0
-    since = now - timedelta(minutes=settings.WEBHOOKS_CATCH_UP_MINUTES)
     endpoints = _active_endpoints(owner_ids)
     missing = _missed_job_ends(owner_ids, since, endpoints)
     missing += _missed_batch_ends(owner_ids, since, endpoints)
@@ -403,6 +416,57 @@ def _record(
             response_status=response_status,
             error=error[:500],
         )
+
+
+# The ends of a webhooks.deliver job that may leave its delivery pending: cancelled by an
+# operator, expired, failed by the sweeper after too many stalls or by too many snoozes.
+UNSENT_ENDS = (Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+_ENDED_SO = {Status.FAILED: "failed", Status.CANCELLED: "was cancelled", Status.EXPIRED: "expired"}
+
+
+def settle_unsent(job_ids: list) -> int:
+    """End the deliveries still pending whose webhooks.deliver job (among `job_ids`)
+    ended failed, cancelled or expired: `cancelled` after a cancel, `failed` otherwise,
+    with the job's reason as `last_error`. Idempotent; returns how many it ended."""
+    if not job_ids:
+        return 0
+    ended = {
+        str(row["payload"].get("delivery_id")): row
+        for row in Job.objects.filter(id__in=job_ids, type=DELIVER, status__in=UNSENT_ENDS)
+        .order_by()
+        .values("id", "status", "payload", "error", "message")
+    }
+    pending = WebhookDelivery.objects.filter(
+        id__in=[delivery_id for delivery_id in ended if delivery_id != "None"],
+        status=DeliveryStatus.PENDING,
+    ).values_list("id", flat=True)
+    settled = 0
+    for delivery_id in list(pending):
+        job = ended[str(delivery_id)]
+        # Only while the job still ends so: a retry of it sends the delivery again.
+        still_ended = Job.objects.filter(id=job["id"], status=job["status"])
+        settled += (
+            WebhookDelivery.objects.filter(
+                id=delivery_id, job_id=job["id"], status=DeliveryStatus.PENDING
+            )
+            .filter(Exists(still_ended))
+            .update(
+                status=DeliveryStatus.CANCELLED
+                if job["status"] == Status.CANCELLED
+                else DeliveryStatus.FAILED,
+                last_error=_unsent_reason(job)[:500],
+                updated_at=timezone.now(),
+            )
+        )
+    return settled
+
+
+def _unsent_reason(job: dict[str, Any]) -> str:
+    reason = f"Its job {_ENDED_SO[job['status']]}"
+    detail = one_line_error(job["error"]) or job["message"]
+    if detail and detail != "Cancelled":
+        reason += f": {detail}"
+    return reason + ("" if reason.endswith(".") else ".")
 
 
 def _give_up(delivery: WebhookDelivery, reason: str) -> None:

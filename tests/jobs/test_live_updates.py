@@ -5,7 +5,12 @@ cap on waiting clients; and Redis failing under the publisher and the hub."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -378,3 +383,64 @@ def test_a_batch_filter_streams_the_batch_and_its_jobs_to_its_owner_only(
         wait_for(lambda job=job: mine.of(str(job.id)))
         assert mine.of(str(job.id))[-1]["batch_id"] == str(batch.id)
     assert theirs.events == []
+
+
+# --- exiting -------------------------------------------------------------------------------
+
+# A process whose hub hears an embedded Redis that it stops at exit (as tests/plugin.py
+# does): the stop is registered first, the hub starts later.
+EXITING = textwrap.dedent(
+    """
+    import atexit, os, sys, tempfile, time
+    from jobsite.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(data_dir=tempfile.mkdtemp(), persist=False)
+    server.start()
+    os.environ["REDIS_URL"] = server.url
+    os.environ.pop("PUSH_REDIS_URL", None)
+
+    def stop_redis():
+        server.stop()
+        # A hub still hearing it notices within a keep-alive or two.
+        deadline = time.monotonic() + 10
+        while live.hub.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("redis stopped", flush=True)
+
+    atexit.register(stop_redis)
+
+    import django
+    django.setup()
+    from jobs import live
+
+    live.hub.start()
+    deadline = time.monotonic() + 10
+    while not live.hub.connected:
+        if time.monotonic() > deadline:
+            sys.exit("the hub never heard Redis")
+        time.sleep(0.05)
+    print("heard", flush=True)
+    """
+)
+
+
+def test_a_process_that_exits_stops_its_hub_before_its_redis_goes_away():
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PUSH_REDIS_URL")},
+        "DJANGO_SETTINGS_MODULE": "jobsite.settings",
+        "DJANGO_DEBUG": "1",
+        "PUSH_KEEPALIVE_SECONDS": "0.5",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["heard", "redis", "stopped"]
+    assert "lost Redis" not in done.stderr
+    assert "Logging error" not in done.stderr

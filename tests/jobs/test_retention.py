@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from jobs import registry, retention, services
-from jobs.models import Job, JobEvent, Status
+from jobs.models import Batch, BatchState, Job, JobEvent, Status
 from jobs.registry import Retention
 from tests.engine import run
 
@@ -97,5 +97,85 @@ def test_the_purge_job_runs_on_the_maintenance_queue():
 
     job.refresh_from_db()
     assert job.queue == "maintenance"
-    assert job.result == {"deleted": {"system.noop": 4}, "total": 4, "history_rollups": 0}
+    assert job.result == {
+        "deleted": {"system.noop": 4},
+        "total": 4,
+        "batches": 0,
+        "history_rollups": 0,
+    }
     assert not Job.objects.filter(type="system.noop").exists()
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+def settled_batch(state: str, age: timedelta, jobs: int = 0, **fields) -> Batch:
+    finished_at = timezone.now() - age
+    batch = Batch.objects.create(
+        state=state,
+        created_at=finished_at - timedelta(minutes=5),
+        finished_at=finished_at,
+        **fields,
+    )
+    for job in finished_jobs(jobs, Status.SUCCEEDED, timedelta(hours=1)):
+        Job.objects.filter(id=job.id).update(batch=batch)
+    return batch
+
+
+def remaining_batches() -> set:
+    return set(Batch.objects.values_list("id", flat=True))
+
+
+def test_settled_batches_without_jobs_go_after_the_default_retention_of_their_end():
+    gone = [
+        settled_batch(BatchState.SUCCEEDED, timedelta(hours=25)),
+        settled_batch(BatchState.FAILED, timedelta(days=7, hours=1)),
+        settled_batch(BatchState.CANCELLED, timedelta(days=8)),
+    ]
+    kept = [
+        settled_batch(BatchState.SUCCEEDED, timedelta(hours=23)),
+        settled_batch(BatchState.FAILED, timedelta(days=6)),
+        settled_batch(BatchState.CANCELLED, timedelta(days=2)),
+    ]
+    running = Batch.objects.create(created_at=timezone.now() - timedelta(days=30))
+
+    assert retention.purge_settled_batches() == len(gone)
+
+    assert remaining_batches() == {b.id for b in kept} | {running.id}
+
+
+def test_a_batch_stays_while_one_of_its_jobs_or_callbacks_remains():
+    with_a_job = settled_batch(BatchState.SUCCEEDED, timedelta(days=3), jobs=1)
+    callback = finished_jobs(1, Status.SUCCEEDED, timedelta(hours=1))[0]
+    with_a_callback = settled_batch(BatchState.SUCCEEDED, timedelta(days=3), complete_job=callback)
+
+    assert retention.purge_settled_batches() == 0
+    assert remaining_batches() == {with_a_job.id, with_a_callback.id}
+
+    # Their jobs go by their own type's policy; the batches follow.
+    Job.objects.all().delete()
+    assert retention.purge_settled_batches() == 2
+    assert not Batch.objects.exists()
+
+
+def test_batches_are_purged_a_chunk_at_a_time(monkeypatch):
+    monkeypatch.setattr(retention, "PURGE_BATCH", 2)
+    for _ in range(5):
+        settled_batch(BatchState.SUCCEEDED, timedelta(days=2))
+    settled_batch(BatchState.SUCCEEDED, timedelta(days=2), jobs=1)
+
+    assert retention.purge_settled_batches() == 5
+    assert Batch.objects.count() == 1
+
+
+def test_the_purge_job_deletes_a_batch_whose_last_jobs_it_purged():
+    batch = settled_batch(BatchState.SUCCEEDED, timedelta(days=3))
+    for job in finished_jobs(2, Status.SUCCEEDED, timedelta(days=3)):
+        Job.objects.filter(id=job.id).update(batch=batch)
+
+    job = services.enqueue("system.purge").job
+    assert run(job) == "succeeded"
+
+    job.refresh_from_db()
+    assert job.result == {"deleted": {"system.noop": 2}, "total": 2, "batches": 1}
+    assert not Batch.objects.filter(id=batch.id).exists()

@@ -8,13 +8,14 @@ from django.core.cache import cache
 from django.test import override_settings
 from django.utils import timezone
 
+from jobs import runner, sweepers
 from jobs import services as job_services
 from jobs.engine import JobSpec, create_batch
 from jobs.followups import catch_up as run_catch_ups
 from jobs.models import Batch, BatchState, Job, Status
 from tests.engine import run
 from webhooks import services
-from webhooks.models import WebhookDelivery, WebhookEndpoint
+from webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 PUBLIC_URL = "https://93.184.215.14/hooks"
 
@@ -91,7 +92,10 @@ def test_the_delivery_jobs_own_ends_are_not_told(user, endpoint, run_on_commit):
     run_on_commit(delivery_job)
 
     assert Job.objects.get(id=delivery_job.id).status == Status.FAILED
-    assert WebhookDelivery.objects.count() == 1
+    delivery = WebhookDelivery.objects.get()
+    # Settled by its handler, with the handler's reason, which the job's end leaves alone.
+    assert delivery.status == DeliveryStatus.FAILED
+    assert "127.0.0.1" in delivery.last_error
 
 
 def test_inactive_endpoints_and_owners_without_endpoints_get_nothing(
@@ -201,3 +205,99 @@ def test_the_sweepers_catch_up_at_most_once_a_minute(user, endpoint):
 
     assert (first, second, third) == (1, 0, 1)
     assert WebhookDelivery.objects.filter(subject_id=str(later.id)).count() == 1
+
+
+# --- deliveries whose job ended without sending them ------------------------------------
+
+
+@pytest.fixture
+def pending_delivery(user, endpoint, run_on_commit) -> WebhookDelivery:
+    run_on_commit(job_services.enqueue("system.noop", owner=user).job)
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == DeliveryStatus.PENDING
+    return delivery
+
+
+def test_a_delivery_whose_job_an_operator_cancels_ends_cancelled_once(
+    staff_user, pending_delivery, django_capture_on_commit_callbacks
+):
+    job = Job.objects.get(id=pending_delivery.job_id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job_services.cancel(job, by=staff_user, via="api")
+
+    delivery = WebhookDelivery.objects.get(id=pending_delivery.id)
+    assert delivery.status == DeliveryStatus.CANCELLED
+    assert delivery.last_error == "Its job was cancelled."
+    assert delivery.attempts == 0
+    # Offered again (the follow-up, the catch-up): nothing more happens.
+    services.jobs_ended([Job.objects.get(id=job.id)])
+    assert services.catch_up(timezone.now()) == 0
+    assert WebhookDelivery.objects.get(id=delivery.id).status == DeliveryStatus.CANCELLED
+
+
+def test_a_delivery_whose_job_expired_ends_failed_saying_so(
+    pending_delivery, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    Job.objects.filter(id=pending_delivery.job_id).update(expires_at=now - timedelta(seconds=1))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweepers.expire_overdue(now) == 1
+
+    delivery = WebhookDelivery.objects.get(id=pending_delivery.id)
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.last_error == "Its job expired: Expired before it could start."
+
+
+def test_a_delivery_whose_job_stalled_too_often_ends_failed_saying_so(
+    settings, pending_delivery, django_capture_on_commit_callbacks
+):
+    settings.JOBS_MAX_STALLED = 0
+    claimed = runner.claim(str(pending_delivery.job_id), timezone.now())
+    later = claimed.heartbeat_at + timedelta(seconds=settings.JOBS_LOCK_DURATION + 1)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweepers.recover_stalled(now=later) == 1
+
+    delivery = WebhookDelivery.objects.get(id=pending_delivery.id)
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.last_error == (
+        "Its job failed: Stalled 1 times: the worker running it stopped sending heartbeats."
+    )
+
+
+def test_a_delivery_whose_worker_process_kept_dying_ends_failed(
+    settings, pending_delivery, django_capture_on_commit_callbacks
+):
+    settings.JOBS_MAX_STALLED = 0
+    runner.claim(str(pending_delivery.job_id), timezone.now())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweepers.recover_lost(str(pending_delivery.job_id), 1, "killed") is True
+
+    delivery = WebhookDelivery.objects.get(id=pending_delivery.id)
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.last_error == "Its job failed: Stalled 1 times: its worker process died."
+
+
+def test_the_catch_up_ends_a_delivery_whose_jobs_follow_up_was_lost_once(
+    pending_delivery,
+):
+    # Cancelled, but the process died before the follow-up ran (no commit hooks here).
+    job_services.cancel(Job.objects.get(id=pending_delivery.job_id))
+    assert WebhookDelivery.objects.get(id=pending_delivery.id).status == DeliveryStatus.PENDING
+
+    assert services.catch_up(timezone.now()) == 1
+    assert services.catch_up(timezone.now()) == 0
+    assert WebhookDelivery.objects.get(id=pending_delivery.id).status == DeliveryStatus.CANCELLED
+
+
+def test_a_delivery_whose_job_was_retried_meanwhile_stays_pending(pending_delivery):
+    job = Job.objects.get(id=pending_delivery.job_id)
+    job_services.cancel(job)
+    job_services.retry(job)
+
+    assert services.settle_unsent([job.id]) == 0
+    assert services.catch_up(timezone.now()) == 0
+    assert WebhookDelivery.objects.get(id=pending_delivery.id).status == DeliveryStatus.PENDING
