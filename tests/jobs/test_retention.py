@@ -177,5 +177,6 @@ def test_the_purge_job_deletes_a_batch_whose_last_jobs_it_purged():
     assert run(job) == "succeeded"
 
     job.refresh_from_db()
-    assert job.result == {"deleted": {"system.noop": 2}, "total": 2, "batches": 1}
+    assert job.result["deleted"] == {"system.noop": 2}
+    assert job.result["batches"] == 1
     assert not Batch.objects.filter(id=batch.id).exists()
