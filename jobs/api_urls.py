@@ -12,6 +12,13 @@ from .api import (
 )
 from .batch_api import BatchViewSet
 from .live_api import EventStream
+from .schedule_api import (
+    ScheduleDetail,
+    ScheduleList,
+    SchedulePause,
+    ScheduleResume,
+    ScheduleRunNow,
+)
 
 
 class ScopeConverter:
@@ -38,6 +45,11 @@ urlpatterns = [
         "controls/<scope:scope>/<str:name>/resume/", ControlResume.as_view(), name="control-resume"
     ),
     path("controls/type/<str:name>/limits/", TypeLimits.as_view(), name="control-limits"),
+    path("schedules/", ScheduleList.as_view(), name="schedules"),
+    path("schedules/<str:name>/", ScheduleDetail.as_view(), name="schedule"),
+    path("schedules/<str:name>/pause/", SchedulePause.as_view(), name="schedule-pause"),
+    path("schedules/<str:name>/resume/", ScheduleResume.as_view(), name="schedule-resume"),
+    path("schedules/<str:name>/run-now/", ScheduleRunNow.as_view(), name="schedule-run-now"),
     path("audit/", AuditList.as_view(), name="audit"),
     path("events/", EventStream.as_view(), name="events"),
     *router.urls,

@@ -170,7 +170,7 @@ def _answer(request: HttpRequest, outcome: str, code: int, retried: int) -> Http
 
 # --- controls, schedules and the audit log ---------------------------------------------
 
-SCHEDULE_PERMISSION = "django_celery_beat.change_periodictask"
+SCHEDULE_PERMISSION = scheduling.CHANGE_PERMISSION
 AUDIT_LISTED = 20
 LIMIT_FIELDS = ("concurrency", "owner_concurrency", "rate", "owner_rate", "period")
 

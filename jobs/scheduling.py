@@ -200,16 +200,45 @@ def schedule_of(name: str) -> BaseSchedule | None:
 
 # --- what operators see and do -------------------------------------------------------
 
+# Switching and running schedules, in the dashboard and the API (the admin's own check
+# for editing periodic tasks).
+CHANGE_PERMISSION = "django_celery_beat.change_periodictask"
+
+
+class UnknownSchedule(serializers.ValidationError):
+    """No schedule has the name asked for."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.message = f"Unknown schedule {name!r}."
+        super().__init__({"schedule": [self.message]})
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A schedule's timing in machine form: its kind and the fields of that kind (the
+    others None)."""
+
+    kind: str  # "cron", "interval", "solar", "clocked" or "none"
+    cron: str | None = None  # "m h dom mon dow"
+    timezone: str | None = None  # a cron's
+    every_seconds: float | None = None
+    solar_event: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    clocked_at: datetime | None = None
+
 
 @dataclass
 class ScheduleState:
-    """One schedule as the dashboard shows it."""
+    """One schedule as the dashboard and the API show it."""
 
     name: str
     description: str
     task: str
     job_type: str | None  # None for a schedule that sends a plain Celery task
     timing: str  # in words: "every 5 minutes", "At 07:00 AM (UTC)"
+    timing_spec: Timing
     enabled: bool
     next_run_at: datetime | None  # None while disabled
     last_run_at: datetime | None  # when Beat last fired it
@@ -224,6 +253,20 @@ def overview(now: datetime | None = None) -> list[ScheduleState]:
     return [_state(row, now) for row in rows.order_by("name")]
 
 
+def state(name: str, now: datetime | None = None) -> ScheduleState:
+    """The schedule called `name`, or UnknownSchedule."""
+    rows = PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked")
+    row = _named(rows, name)
+    if row is None:
+        raise UnknownSchedule(name)
+    return _state(row, now or timezone.now())
+
+
+def _named(rows, name: str) -> PeriodicTask | None:
+    # PostgreSQL refuses a NUL in a text parameter; no name holds one.
+    return None if "\x00" in name else rows.filter(name=name).first()
+
+
 def _state(row: PeriodicTask, now: datetime) -> ScheduleState:
     job_type = job_type_of(row)
     return ScheduleState(
@@ -232,6 +275,7 @@ def _state(row: PeriodicTask, now: datetime) -> ScheduleState:
         task=row.task,
         job_type=job_type,
         timing=timing_in_words(row),
+        timing_spec=timing_of(row),
         enabled=row.enabled,
         next_run_at=next_run(row, now) if row.enabled else None,
         last_run_at=row.last_run_at,
@@ -262,6 +306,26 @@ def timing_in_words(row: PeriodicTask) -> str:
     if row.interval is not None:
         return str(row.interval)
     return str(row.solar or row.clocked or "no timing")
+
+
+def timing_of(row: PeriodicTask) -> Timing:
+    if row.crontab is not None:
+        cron = row.crontab
+        fields = [cron.minute, cron.hour, cron.day_of_month, cron.month_of_year, cron.day_of_week]
+        return Timing("cron", cron=" ".join(fields), timezone=str(cron.timezone))
+    if row.interval is not None:
+        return Timing("interval", every_seconds=row.interval.schedule.run_every.total_seconds())
+    if row.solar is not None:
+        solar = row.solar
+        return Timing(
+            "solar",
+            solar_event=solar.event,
+            latitude=float(solar.latitude),
+            longitude=float(solar.longitude),
+        )
+    if row.clocked is not None:
+        return Timing("clocked", clocked_at=row.clocked.clocked_time)
+    return Timing("none")
 
 
 def next_run(row: PeriodicTask, now: datetime) -> datetime:
@@ -303,10 +367,10 @@ def last_manual_job(name: str, job_type: str) -> Job | None:
 
 
 def schedule_row(name: str) -> PeriodicTask:
-    """The schedule called `name`, or a ValidationError naming it."""
-    row = PeriodicTask.objects.filter(name=name).first()
+    """The schedule called `name`, or UnknownSchedule (a ValidationError) naming it."""
+    row = _named(PeriodicTask.objects, name)
     if row is None:
-        raise serializers.ValidationError({"schedule": [f"Unknown schedule {name!r}."]})
+        raise UnknownSchedule(name)
     return row
 
 

@@ -35,7 +35,7 @@ CHECKS = [
 ]
 TOKEN_ENDPOINTS = r"^/api/auth/"
 # A plain user only ever gets 403 there.
-STAFF_ONLY = r"^/api/(notes/images/cleanup/$|controls/|audit/$)"
+STAFF_ONLY = r"^/api/(notes/images/cleanup/$|controls/|audit/$|schedules/)"
 # Bounded so the whole file takes a minute or two on two cores; derandomized so a
 # failure comes back on the next run.
 FUZZ_SETTINGS = hypothesis.settings(
@@ -186,6 +186,11 @@ SUCCESSES = [
     ("PUT", "/api/controls/type/{name}/limits/", 200, "operator", lambda w: limits({"rate": 9})),
     ("DELETE", "/api/controls/type/{name}/limits/", 200, "operator", lambda w: limits(None)),
     ("GET", "/api/audit/", 200, "staff", lambda w: {}),
+    ("GET", "/api/schedules/", 200, "staff", lambda w: {}),
+    ("GET", "/api/schedules/{name}/", 200, "staff", lambda w: schedule()),
+    ("POST", "/api/schedules/{name}/pause/", 200, "operator", lambda w: schedule()),
+    ("POST", "/api/schedules/{name}/resume/", 200, "operator", lambda w: schedule()),
+    ("POST", "/api/schedules/{name}/run-now/", 202, "operator", lambda w: schedule()),
     ("GET", "/api/notes/tasks/", 200, "user", lambda w: {}),
     ("POST", "/api/notes/tasks/", 201, "user", lambda w: {"body": {"title": "Sow"}}),
     ("GET", "/api/notes/tasks/{id}/", 200, "user", lambda w: object_id(w, "task")),
@@ -213,6 +218,11 @@ def limits(body: dict | None) -> dict:
     return {**fields, "body": body} if body is not None else fields
 
 
+def schedule() -> dict:
+    # A declared schedule of a job type, synced into django-celery-beat after `migrate`.
+    return {"path_parameters": {"name": "purge"}}
+
+
 def refresh_body(world: World) -> dict:
     return {"body": {"refresh": world.values["refresh_token"]}}
 
@@ -230,10 +240,9 @@ def test_every_operation_has_a_success_example():
 
 @pytest.fixture
 def operator_bearer(staff_user, staff_bearer) -> dict[str, str]:
-    """The JWT of staff who may pause and change limits."""
-    staff_user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["pause_jobs", "change_limits"])
-    )
+    """The JWT of staff who may pause, change limits and change schedules."""
+    codenames = ["pause_jobs", "change_limits", "change_periodictask"]
+    staff_user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     return staff_bearer
 
 

@@ -88,14 +88,21 @@ TABLE: list[Row] = [
     row("GET",   "/api/batches/{batch}/jobs/",            401,   200,   404,   200,   200),
     # live updates: everyone signed in gets a stream, of their own jobs' changes
     row("GET",   "/api/events/",                          401,   200,   200,   200,   200),
-    # --- operators' controls and audit log: staff; acting takes jobs.pause_jobs or
-    # jobs.change_limits
+    # --- operators' controls, audit log and schedules: staff; acting takes jobs.pause_jobs
+    # or jobs.change_limits
     row("GET",   "/api/controls/",                        401,   403,   403,   200,   200),
     row("POST",  "/api/controls/queue/emails/pause/",     401,   403,   403,   403,   200),
     row("POST",  "/api/controls/type/system.noop/resume/", 401,  403,   403,   403,   200),
     row("PUT",   "/api/controls/type/system.noop/limits/", 401,  403,   403,   403,   200),
     row("DELETE", "/api/controls/type/system.noop/limits/", 401, 403,   403,   403,   200),
     row("GET",   "/api/audit/",                           401,   403,   403,   200,   200),
+    # schedules: staff read them; pausing, resuming and running one now take
+    # django_celery_beat.change_periodictask
+    row("GET",   "/api/schedules/",                       401,   403,   403,   200,   200),
+    row("GET",   "/api/schedules/purge/",                 401,   403,   403,   200,   200),
+    row("POST",  "/api/schedules/purge/pause/",           401,   403,   403,   403,   200),
+    row("POST",  "/api/schedules/purge/resume/",          401,   403,   403,   403,   200),
+    row("POST",  "/api/schedules/purge/run-now/",         401,   403,   403,   403,   202),
     # --- reports: each user's own, staff included
     row("GET",   "/api/reports/",                         401,   200,   200,   200,   200),
     row("POST",  "/api/reports/",                         401,   202,   202,   202,   202),
