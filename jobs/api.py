@@ -613,21 +613,24 @@ def _status_of(user, job_id: uuid.UUID) -> tuple[str, dict] | None:
 def status_row(user, job_id: uuid.UUID) -> dict | None:
     """The polled fields of a job, or None if there is no such job the user may see
     (staff see every job, others their own, as `Job.objects.visible_to`)."""
-    row = job_store().status_row(job_id)
+    now = timezone.now()
+    # The jobs ahead counted in the same read: a queued job's status costs one statement.
+    row = job_store().status_row(job_id, now=now, ahead_up_to=line.count_to())
     if row is None:
         return None
     owner_id = row.pop("owner_id")
     if not (user.is_staff or owner_id == user.pk):
         return None
-    row["line"] = line_of(row)
+    row["line"] = line_of(row, now, row.pop("ahead"))
     return row
 
 
-def line_of(row: dict) -> dict | None:
+def line_of(row: dict, now: datetime | None = None, ahead: int | None = None) -> dict | None:
     """The place in line of the job a status row is of (only a queued job has one)."""
     if row["status"] != Status.QUEUED:
         return None
-    return line.place_data(line.Waiting(**{f: row[f] for f in line.Waiting._fields}))
+    waiting = line.Waiting(**{f: row[f] for f in line.Waiting._fields})
+    return line.place_data(waiting, now, ahead)
 
 
 class JobTypeSerializer(serializers.Serializer):

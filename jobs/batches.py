@@ -348,7 +348,12 @@ def publish_change(batch: Batch, progress: int | None = None) -> None:
     surrounding transaction commits; its progress counted when not given."""
     if progress is None:
         progress = tallies([batch.id])[batch.id].progress
-    change = {
+    live.publish_on_commit([batch_change(batch, progress)], kind="batch")
+
+
+def batch_change(batch: Batch, progress: int) -> dict[str, Any]:
+    """A batch's live-update message (jobs/live.py)."""
+    return {
         "id": batch.id,
         "owner_id": batch.owner_id,
         "status": batch.state,
@@ -357,7 +362,6 @@ def publish_change(batch: Batch, progress: int | None = None) -> None:
         "message": batch.description,
         "updated_at": batch.finished_at or timezone.now(),
     }
-    live.publish_on_commit([change], kind="batch")
 
 
 def _announce(batch: Batch) -> None:

@@ -61,15 +61,19 @@ class Waiting(NamedTuple):
     run_at: datetime | None
 
 
-def place_in_line(job: Job | Waiting, now: datetime | None = None) -> Place | None:
+def place_in_line(
+    job: Job | Waiting, now: datetime | None = None, ahead: int | None = None
+) -> Place | None:
     """The job's place, or None unless it is queued, not held and due (a held or delayed
-    job waits for its reason, which its message and `held` say, not for a line)."""
+    job waits for its reason, which its message and `held` say, not for a line). `ahead`:
+    the jobs ahead as `count_ahead` counted them at `now`, when the caller read them."""
     now = now or timezone.now()
     if job.status != Status.QUEUED or job.held != Held.NO:
         return None
     if job.run_at is not None and job.run_at > now:
         return None
-    ahead = count_ahead(job, now)
+    if ahead is None:
+        ahead = count_ahead(job, now)
     capped = ahead > settings.JOBS_LINE_CAP
     ahead = min(ahead, settings.JOBS_LINE_CAP)
     wait = estimated_wait(job.queue, job.type, ahead, now)
@@ -78,17 +82,22 @@ def place_in_line(job: Job | Waiting, now: datetime | None = None) -> Place | No
     return Place(ahead, capped, now + timedelta(seconds=wait), round(wait))
 
 
-def place_data(job: Job | Waiting, now: datetime | None = None) -> dict[str, Any] | None:
+def place_data(
+    job: Job | Waiting, now: datetime | None = None, ahead: int | None = None
+) -> dict[str, Any] | None:
     """`place_in_line` as a dict of the API's `line` fields (LineSerializer), or None."""
-    place = place_in_line(job, now)
+    place = place_in_line(job, now, ahead)
     return place.as_dict() if place is not None else None
 
 
 def count_ahead(job: Job | Waiting, now: datetime) -> int:
     """The jobs a worker takes before `job`, counted up to one past the cap."""
-    return job_store().count_ahead(
-        job.queue, job.priority, job.created_at, now, up_to=settings.JOBS_LINE_CAP + 1
-    )
+    return job_store().count_ahead(job.queue, job.priority, job.created_at, now, up_to=count_to())
+
+
+def count_to() -> int:
+    """How far the jobs ahead are counted: one past the cap, to tell it was passed."""
+    return settings.JOBS_LINE_CAP + 1
 
 
 def estimated_wait(queue: str, job_type: str, ahead: int, now: datetime) -> float | None:

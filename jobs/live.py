@@ -7,6 +7,14 @@ PUSH_BREAKER_SECONDS after a failure, so a Redis that hangs or is down never hol
 worker or a request: a lost message only delays an update until the waiting client's
 next re-check.
 
+Only while someone listens. A web process with a waiting client keeps the key
+`<channel>:listeners` alive (PUSH_LISTENERS_TTL, renewed by its hub); publishers look for
+it at most once per PUSH_LISTENERS_CHECK_SECONDS and skip the PUBLISH (and the read-back
+of `changed_ids`) while it is absent. A publisher may thus skip changes for up to that
+long after the key appears: each process notes when it set the key afresh, and its
+clients that may have missed such a change read their jobs again once that time is over
+(`Hub.settled_at`), so none is missed.
+
 Waiting. Each web process keeps one `Hub`: a background thread subscribed to the
 channel that numbers the changes it hears and wakes the threads waiting for them
 (`threading.Condition`). A waiting request holds a gunicorn thread and nothing else: no
@@ -71,13 +79,54 @@ def _publisher() -> redis.Redis:
     )
 
 
+def listeners_key() -> str:
+    """The key web processes keep alive while they have waiting clients."""
+    return f"{channel_name()}:listeners"
+
+
+class _Listened:
+    """This process's last look at the listeners key: (when asked, found)."""
+
+    asked_at = float("-inf")
+    found = False
+
+
+def listened() -> bool:
+    """Is any client waiting for changes? This process's own waiting clients answer at
+    once; otherwise the listeners key, asked at most once per
+    PUSH_LISTENERS_CHECK_SECONDS (as of before asking: the answer is trusted for no
+    longer than that from before Redis read it). False, without waiting, when Redis
+    fails or the breaker skips it."""
+    if hub.waiting:
+        return True
+    now = time.monotonic()
+    if now - _Listened.asked_at < settings.PUSH_LISTENERS_CHECK_SECONDS:
+        return _Listened.found
+    try:
+        with breaker.guard(failures=(redis.RedisError, OSError)):
+            found = bool(_publisher().exists(listeners_key()))
+    except CircuitOpen:
+        return False
+    except Exception as exc:
+        log.warning("Live updates: cannot tell whether anyone listens: %s", exc)
+        return False
+    _Listened.asked_at, _Listened.found = now, found
+    return found
+
+
+def forget_listeners() -> None:
+    """Ask Redis again at the next publish (tests, settings changes)."""
+    _Listened.asked_at, _Listened.found = float("-inf"), False
+
+
 def publish(changes: list[dict[str, Any]], kind: str = "job") -> bool:
     """Send `changes` (dicts of FIELDS; a batch's may carry other fields) of `kind`
-    ("job" or "batch") now, in one message. Never raises: False when Redis failed, did
-    not answer in time or is being skipped by the breaker."""
+    ("job" or "batch") now, in one message, if anyone listens. Never raises: False when
+    nobody listens, or Redis failed, did not answer in time or is being skipped by the
+    breaker."""
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; one of {', '.join(KINDS)}")
-    if not changes or not settings.PUSH_ENABLED:
+    if not changes or not settings.PUSH_ENABLED or not listened():
         return False
     message = json.dumps({"kind": kind, "changes": changes}, default=_json_value)
     try:
@@ -122,7 +171,7 @@ def changed_ids(job_ids: Iterable[Any]) -> None:
     hold: read back in one query once committed."""
     ids = list(job_ids)
     if ids and settings.PUSH_ENABLED:
-        transaction.on_commit(lambda: publish(_read_back(ids)))
+        transaction.on_commit(lambda: listened() and publish(_read_back(ids)))
 
 
 def _read_back(ids: list[Any]) -> list[dict[str, Any]]:
@@ -140,6 +189,12 @@ def _json_value(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+def as_heard(data: dict[str, Any]) -> dict[str, Any]:
+    """A change's fields as a client hears them from the channel (ids and times as
+    strings)."""
+    return json.loads(json.dumps(data, default=_json_value))
 
 
 # --- the hub: one subscriber thread per web process ----------------------------------------
@@ -173,6 +228,12 @@ class Hub:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._stops_at_exit = False
+        # The listeners key: surely alive until _announced_until, renewed from
+        # _renew_at; every publisher publishes from _settled_at on (monotonic times).
+        self._announcing = threading.Lock()
+        self._announced_until = float("-inf")
+        self._renew_at = float("-inf")
+        self._settled_at = float("-inf")
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -188,11 +249,65 @@ class Hub:
                     "push_busy", "Too many clients are waiting for live updates; poll."
                 )
             self._waiting += 1
-            return self._seq
+            seq = self._seq
+        if time.monotonic() >= self._announced_until:
+            try:
+                with self._announcing:
+                    if time.monotonic() >= self._announced_until:
+                        self._announce(renew=False)
+            except Exception as exc:
+                self.leave()
+                log.warning("Live updates: the listeners key cannot be set: %s", exc)
+                raise PushUnavailable(
+                    "push_unavailable", "Live updates are unavailable; poll."
+                ) from None
+        return seq
 
     def leave(self) -> None:
         with self._condition:
             self._waiting -= 1
+
+    @property
+    def settled_at(self) -> float:
+        """From this (monotonic) time on every publisher publishes: a client that read
+        its state before it reads it again then (see the module's docstring)."""
+        return self._settled_at
+
+    def recheck_due(self, checked_at: float) -> float | None:
+        """When a client that last read its state at `checked_at` must read it again
+        (a monotonic time, maybe past), or None when it need not."""
+        settled_at = self._settled_at
+        return settled_at if settled_at > checked_at else None
+
+    def _announce(self, renew: bool) -> None:
+        """Set the listeners key, or with `renew` extend it; a key set afresh (new, or
+        found gone) starts a settling period. Raises when Redis fails."""
+        ttl = settings.PUSH_LISTENERS_TTL
+        key = listeners_key()
+        client = _publisher()
+        with breaker.guard(failures=(redis.RedisError, OSError)):
+            started = time.monotonic()
+            if renew and client.expire(key, ttl):
+                fresh = False
+            else:
+                client.set(key, "1", ex=ttl)
+                fresh = True
+        answered = time.monotonic()
+        with self._condition:
+            self._announced_until = started + ttl * 2 / 3
+            self._renew_at = started + ttl / 3
+            if fresh:
+                self._settled_at = answered + settings.PUSH_LISTENERS_CHECK_SECONDS + 0.05
+                self._condition.notify_all()
+
+    def _renew_if_due(self) -> None:
+        if not self._waiting or time.monotonic() < self._renew_at:
+            return
+        try:
+            with self._announcing:
+                self._announce(renew=True)
+        except Exception as exc:
+            log.warning("Live updates: the listeners key cannot be renewed: %s", exc)
 
     @property
     def waiting(self) -> int:
@@ -205,10 +320,12 @@ class Hub:
     def wait(self, after: int, timeout: float) -> tuple[int, list[Change]]:
         """The changes heard after number `after`, waiting up to `timeout` seconds for
         one; returns the last number with them. Returns early, maybe with none, when the
-        hub loses Redis (check `connected`)."""
+        hub loses Redis (check `connected`) or a settling period starts (check
+        `recheck_due`)."""
         deadline = time.monotonic() + timeout
         with self._condition:
-            while self._seq <= after and self.connected:
+            settled_at = self._settled_at
+            while self._seq <= after and self.connected and self._settled_at == settled_at:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -243,6 +360,7 @@ class Hub:
             self._thread.join(timeout=5)
         self._thread = None
         self._set_connected(False)
+        self._announced_until = self._renew_at = self._settled_at = float("-inf")
 
     def _listen(self) -> None:
         while not self._stopping.is_set():
@@ -269,6 +387,7 @@ class Hub:
             quiet_since = time.monotonic()
             while not self._stopping.is_set():
                 message = pubsub.get_message(timeout=0.5)
+                self._renew_if_due()
                 now = time.monotonic()
                 if message is not None:
                     quiet_since, pinged_at = now, None
@@ -339,17 +458,26 @@ def wait_for_etag_change(
     `PushUnavailable` (with nothing held) when it cannot wait."""
     seq = hub.enter()
     try:
+        checked_at = time.monotonic()
         current = read()
-        deadline = time.monotonic() + seconds
+        deadline = checked_at + seconds
         while current is not None and current[0] == etag:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0 or not hub.connected:
                 break
+            recheck = hub.recheck_due(checked_at)
+            if recheck is not None and recheck <= now:
+                checked_at = now  # a change may have gone unpublished: read again
+                current = read()
+                continue
             close_database_connections()
-            seq, changes = hub.wait(seq, remaining)
+            until = deadline if recheck is None else min(deadline, recheck)
+            seq, changes = hub.wait(seq, until - now)
             # None heard: the wait ran out (or Redis was lost), so read again anyway in
             # case a message was lost.
             if not changes or any(str(c.data.get("id")) == str(job_id) for c in changes):
+                checked_at = time.monotonic()
                 current = read()
         return current
     finally:

@@ -7,10 +7,13 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
@@ -22,7 +25,11 @@ from rest_framework.views import APIView
 from jobsite.api import if_none_match
 
 from . import live
-from .models import Job
+from .models import BatchState, Job
+
+# A stream re-reads the jobs changed since it connected less this (clocks of other hosts
+# that stamp updated_at may be behind this one's).
+RECHECK_SKEW = timedelta(seconds=5)
 
 
 class PushErrorSerializer(serializers.Serializer):
@@ -158,6 +165,8 @@ class _Stream:
         self.job_ids = job_ids
         self.batch_ids = batch_ids
         self._left = False
+        # When the stream's subject was last read (the connection itself, first).
+        self.checked_at, self.checked_wall = time.monotonic(), timezone.now()
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -174,16 +183,58 @@ class _Stream:
         yield f"retry: {int(settings.PUSH_RECONNECT_SECONDS * 1000)}\n: connected\n\n".encode()
         deadline = time.monotonic() + settings.PUSH_STREAM_SECONDS
         while live.hub.connected:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return
+            recheck = live.hub.recheck_due(self.checked_at)
+            if recheck is not None and recheck <= now:
+                shown = self._recheck()
+                if shown:
+                    yield "".join(_event(c) for c in shown).encode()
+                continue
             wait = min(remaining, settings.PUSH_KEEPALIVE_SECONDS)
+            if recheck is not None:
+                wait = min(wait, recheck - now)
             self.seq, changes = live.hub.wait(self.seq, wait)
             shown = [c for c in changes if self._wanted(c)]
             if shown:
                 yield "".join(_event(c) for c in shown).encode()
             elif not changes:
                 yield b": keep-alive\n\n"
+
+    def _recheck(self) -> list[live.Change]:
+        """The stream's jobs and batches changed since it last read them, as they are
+        now: the changes a publisher may have skipped while it thought nobody listened.
+        A client may get a change twice."""
+        from .batches import batch_change, tallies
+        from .models import Batch
+
+        since = self.checked_wall - RECHECK_SKEW
+        self.checked_at, self.checked_wall = time.monotonic(), timezone.now()
+        jobs = Job.objects.visible_to(self.user).filter(updated_at__gte=since)
+        batches = Batch.objects.visible_to(self.user).filter(
+            Q(created_at__gte=since)
+            | Q(finished_at__gte=since)
+            | Q(state=BatchState.RUNNING, cancel_requested=True)
+        )
+        if self.mine:
+            jobs, batches = jobs.filter(owner=self.user), batches.filter(owner=self.user)
+        if self.job_ids:
+            jobs = jobs.filter(id__in=self.job_ids)
+        if self.batch_ids:
+            valid = _uuids(self.batch_ids)
+            jobs, batches = jobs.filter(batch_id__in=valid), batches.filter(id__in=valid)
+        try:
+            found = [("job", row) for row in jobs.values(*live.FIELDS)]
+            if not self.job_ids:
+                listed = list(batches)
+                progress = tallies([b.id for b in listed]) if listed else {}
+                found += [("batch", batch_change(b, progress[b.id].progress)) for b in listed]
+        finally:
+            live.close_database_connections()
+        changes = [live.Change(self.seq, kind, live.as_heard(data)) for kind, data in found]
+        return [c for c in changes if self._wanted(c)]
 
     def _wanted(self, change: live.Change) -> bool:
         if not live.visible_to(self.user, change):
@@ -198,6 +249,16 @@ class _Stream:
         if self.batch_ids and str(change.data.get("batch_id")) not in self.batch_ids:
             return False
         return True
+
+
+def _uuids(values: set[str]) -> list[uuid.UUID]:
+    found = []
+    for value in values:
+        try:
+            found.append(uuid.UUID(value))
+        except ValueError:
+            pass  # names no batch
+    return found
 
 
 def _event(change: live.Change) -> str:

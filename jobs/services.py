@@ -116,6 +116,7 @@ def enqueue(
     job = _build_job(spec, validate_payload(type_name, payload), owner)
     if depends_on:
         return _enqueue_waiting(job, dependencies.parse(list(depends_on)), owner)
+    job.dependency_ids = []  # known: the answer shows it without asking the database
     mark_new([job], timezone.now())
     if not idempotency_key and not job.unique_key:
         # The store writes the row and its events atomically: no transaction needed here.
@@ -242,6 +243,8 @@ def enqueue_many(specs: Sequence[JobSpec], *, owner=None, batch=None) -> list[En
                 statuses = [known.get(i) or _status_in(results, i) for i in ids]
                 dependencies.prepare(job, statuses, job.on_dependency_failure)
                 links.append((job, ids))
+            else:
+                job.dependency_ids = []
             if job.idempotency_key in existing:
                 found = existing[job.idempotency_key]
                 results.append(Enqueued(_same_request_or_conflict(found, job), created=False))

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Case, Exists, F, JSONField, OuterRef, Q, QuerySet, Value, When
+from django.utils import timezone
 
 from . import live
 from .models import (
@@ -102,6 +103,13 @@ def _startable(queue: str, now: datetime) -> QuerySet[Job]:
         .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
         .values("created_at")
     )
+
+
+def _waits_in_line(row: dict, now: datetime) -> bool:
+    """Queued, not held and due: a job with a place in line (jobs/line.py)."""
+    if row["status"] != Status.QUEUED or row["held"] != Held.NO:
+        return False
+    return row["run_at"] is None or row["run_at"] <= now
 
 
 def _expired_message(expires_at: datetime | None) -> str:
@@ -664,10 +672,22 @@ class JobStore:
 
     # --- reading -----------------------------------------------------------------------
 
-    def status_row(self, job_id: Any) -> dict | None:
+    def status_row(
+        self, job_id: Any, *, now: datetime | None = None, ahead_up_to: int | None = None
+    ) -> dict | None:
         """The polled fields of a job, its owner_id and what its place in line is computed
-        from, or None if there is no such job."""
-        return Job.objects.filter(id=job_id).values(*POLLED_FIELDS).first()
+        from, or None if there is no such job. With `ahead_up_to`, also `ahead`: the jobs
+        ahead of it in its line as `count_ahead` counts them, when it is queued, not held
+        and due at `now`; None otherwise."""
+        row = Job.objects.filter(id=job_id).values(*POLLED_FIELDS).first()
+        if row is not None and ahead_up_to is not None:
+            now = now or timezone.now()
+            row["ahead"] = None
+            if _waits_in_line(row, now):
+                row["ahead"] = self.count_ahead(
+                    row["queue"], row["priority"], row["created_at"], now, up_to=ahead_up_to
+                )
+        return row
 
     def count_ahead(
         self, queue: str, priority: int, created_at: datetime, now: datetime, *, up_to: int
@@ -843,6 +863,24 @@ WITH sent AS (
 # until the table's statistics caught up with a burst of new jobs).
 STATUS_SQL = f'SELECT {", ".join(POLLED_FIELDS)} FROM "{JOBS}" WHERE id = %s'
 
+# The status read of a job with, when it waits in line (queued, not held, due), the two
+# counts of COUNT_AHEAD_SQL: one prepared statement, one round trip. CASE runs a count's
+# subquery only for a job that waits.
+_WAITS_IN_LINE = (
+    "job.status = 'queued' AND job.held = '' AND (job.run_at IS NULL OR job.run_at <= %(now)s)"
+)
+_AHEAD_OF_JOB = f"""FROM "{JOBS}" AS other WHERE other.status = 'queued' AND other.held = ''
+        AND other.queue = job.queue AND (other.run_at IS NULL OR other.run_at <= %(now)s)"""
+STATUS_LINE_SQL = f"""
+SELECT {", ".join(f"job.{field}" for field in POLLED_FIELDS)},
+    CASE WHEN {_WAITS_IN_LINE} THEN (SELECT count(*) FROM (SELECT other.created_at
+        {_AHEAD_OF_JOB} AND other.priority > job.priority LIMIT %(up_to)s) AS higher) END,
+    CASE WHEN {_WAITS_IN_LINE} THEN (SELECT count(*) FROM (SELECT other.created_at
+        {_AHEAD_OF_JOB} AND other.priority = job.priority AND other.created_at < job.created_at
+        LIMIT %(up_to)s) AS same) END
+FROM "{JOBS}" AS job WHERE job.id = %(id)s
+"""
+
 # Counted for every job a user creates through the API. An index-only scan of
 # job_owner_status (owner_id, status, ...) reads just the owner's active entries, and
 # the LIMIT stops it at the cap.
@@ -960,12 +998,25 @@ class PostgresJobStore(JobStore):
         live.changed_ids([job.id])
         return True
 
-    def status_row(self, job_id: Any) -> dict | None:
+    def status_row(
+        self, job_id: Any, *, now: datetime | None = None, ahead_up_to: int | None = None
+    ) -> dict | None:
         # psycopg returns the values as Python types: no ORM needed to read them.
-        with _connection().cursor() as cursor:
-            cursor.execute(STATUS_SQL, [job_id])
+        if ahead_up_to is None:
+            with _connection().cursor() as cursor:
+                cursor.execute(STATUS_SQL, [job_id])
+                found = cursor.fetchone()
+            return dict(zip(POLLED_FIELDS, found, strict=True)) if found else None
+        params = {"id": job_id, "now": now or timezone.now(), "up_to": ahead_up_to}
+        with _prepared_cursor(_connection()) as cursor:
+            cursor.execute(STATUS_LINE_SQL, params)
             found = cursor.fetchone()
-        return dict(zip(POLLED_FIELDS, found, strict=True)) if found else None
+        if not found:
+            return None
+        *fields, higher, same = found
+        row = dict(zip(POLLED_FIELDS, fields, strict=True))
+        row["ahead"] = None if higher is None else min(higher + same, ahead_up_to)
+        return row
 
     def count_ahead(
         self, queue: str, priority: int, created_at: datetime, now: datetime, *, up_to: int

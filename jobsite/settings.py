@@ -492,6 +492,11 @@ PUSH_CHANNEL = env("PUSH_CHANNEL", default="")
 # for PUSH_BREAKER_SECONDS: a Redis that hangs never holds a worker or a request.
 PUSH_PUBLISH_TIMEOUT = env.float("PUSH_PUBLISH_TIMEOUT", default=0.2)
 PUSH_BREAKER_SECONDS = env.float("PUSH_BREAKER_SECONDS", default=2.0)
+# Changes are published only while some web process has a waiting client: such a process
+# keeps the key <channel>:listeners alive (this many seconds, renewed at a third of it);
+# publishers look for the key at most once per PUSH_LISTENERS_CHECK_SECONDS.
+PUSH_LISTENERS_TTL = env.int("PUSH_LISTENERS_TTL", default=60)
+PUSH_LISTENERS_CHECK_SECONDS = env.float("PUSH_LISTENERS_CHECK_SECONDS", default=1.0)
 # Each waiting client holds one of the web process's threads (gunicorn --threads,
 # WEB_THREADS): at most this many wait at once per process, the rest are told to poll
 # (503), so that WEB_THREADS - PUSH_MAX_WAITING threads stay for ordinary requests.

@@ -1,6 +1,7 @@
 """A queued job's place in line (jobs/line.py): the jobs ahead of it, the estimate of its
 start, and the `line` object of the job and report status endpoints."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from django.utils import timezone
 from jobs import controls, line
 from jobs.audit import Via
 from jobs.models import Held, Job, Priority, Scope, Status, WorkerHeartbeat
-from jobs.store import COUNT_AHEAD_SQL
+from jobs.store import COUNT_AHEAD_SQL, STATUS_LINE_SQL
 from jobsite.api import etag_for
 from reports.models import Report
 from tests.engine import run
@@ -118,6 +119,31 @@ def test_exactly_the_cap_ahead_is_not_capped(db, now):
     place = line.place_in_line(job, now)
 
     assert (place.ahead, place.ahead_capped) == (3, False)
+
+
+def test_the_status_read_counts_the_jobs_ahead_as_the_line_does(db, now):
+    """The status endpoint reads the row and the count together; each store agrees with
+    `count_ahead`, and counts nothing for a job without a place."""
+    from jobs.store import JobStore, PostgresJobStore
+
+    queued(now, 50)
+    queued(now, 45, held=Held.PAUSED)
+    queued(now, 40, run_at=now + timedelta(minutes=5))
+    queued(now, 5, priority=Priority.HIGH)
+    job = queued(now, 30)
+    queued(now, 20)
+    delayed = queued(now, 10, run_at=now + timedelta(seconds=30))
+    paused = queued(now, 10, held=Held.PAUSED)
+    running = Job.objects.create(type="system.noop", status=Status.RUNNING)
+    stores = [JobStore()] + ([PostgresJobStore()] if connection.vendor == "postgresql" else [])
+
+    for store in stores:
+        row = store.status_row(job.id, now=now, ahead_up_to=line.count_to())
+        assert row["ahead"] == line.count_ahead(job, now) == 2
+        assert row["id"] == job.id
+        for other in (delayed, paused, running):
+            assert store.status_row(other.id, now=now, ahead_up_to=3)["ahead"] is None
+        assert store.status_row(uuid.uuid4(), now=now, ahead_up_to=3) is None
 
 
 def test_held_delayed_running_and_finished_jobs_have_no_place(db, now):
@@ -427,6 +453,13 @@ def test_the_count_reads_only_the_jobs_ahead_from_the_line_index(transactional_d
     assert "Rows Removed by Filter" not in plan, plan
     assert "rows=100 loops" in plan and "rows=9 loops" in plan, plan
     assert line.place_in_line(near_the_front, now).ahead == 109
+    # The status read counts in the same way, from the same index.
+    params = {"id": near_the_front.id, "now": now, "up_to": settings.JOBS_LINE_CAP + 1}
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + STATUS_LINE_SQL, params)
+        status_plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert status_plan.count("Index Only Scan using job_queued_line") == 2, status_plan
+    assert "rows=100 loops" in status_plan and "rows=9 loops" in status_plan, status_plan
     place = line.place_in_line(last, now)
     assert (place.ahead, place.ahead_capped) == (1000, True)
 

@@ -30,9 +30,11 @@ def quick_streams(settings):
     settings.PUSH_KEEPALIVE_SECONDS = 0.5
     settings.PUSH_STREAM_SECONDS = 60
     live.hub.stop()
+    live.forget_listeners()
     yield
     live.hub.stop()
     live._publisher.cache_clear()
+    live.forget_listeners()
 
 
 class Stream:
@@ -285,6 +287,7 @@ def own_redis(tmp_path, settings):
     settings.PUSH_REDIS_URL = server.url
     settings.PUSH_CONNECT_TIMEOUT = 0.5
     live._publisher.cache_clear()
+    live.forget_listeners()
     live.hub.stop()
     yield server
     if server.process is not None:
@@ -444,3 +447,139 @@ def test_a_process_that_exits_stops_its_hub_before_its_redis_goes_away():
     assert done.stdout.split() == ["heard", "redis", "stopped"]
     assert "lost Redis" not in done.stderr
     assert "Logging error" not in done.stderr
+
+
+# --- publishing only while someone listens -------------------------------------------------
+
+
+def _publishes(server: EmbeddedRedis) -> int:
+    """PUBLISH commands the Redis has run."""
+    stats = _redis(server).info("commandstats")
+    return stats.get("cmdstat_publish", {}).get("calls", 0)
+
+
+def _redis(server: EmbeddedRedis):
+    import redis
+
+    return redis.Redis.from_url(server.url, socket_timeout=5)
+
+
+def test_nothing_is_published_while_nobody_waits(transactional_db, own_redis, settings, user):
+    settings.PUSH_LISTENERS_CHECK_SECONDS = 60
+    job = services.enqueue("system.noop", owner=user).job
+    services.cancel(job)
+    services.enqueue_many([JobSpec("system.noop"), JobSpec("system.noop")], owner=user)
+
+    assert _publishes(own_redis) == 0
+    stats = _redis(own_redis).info("commandstats")
+    assert stats["cmdstat_exists"]["calls"] == 1  # asked once, then trusted for a second
+
+
+def test_changes_are_published_while_a_client_waits_and_no_longer_once_it_left(
+    live_api, own_redis, settings, user, streams
+):
+    settings.PUSH_LISTENERS_TTL = 1
+    client = _redis(own_redis)
+    stream = streams(live_api)
+    assert stream.status_code == 200
+    assert client.exists(live.listeners_key())
+
+    job = services.enqueue("system.noop", owner=user).job
+    wait_for(lambda: stream.of(str(job.id)))
+    assert _publishes(own_redis) >= 1
+    # The hub renews the key while its client waits, past its one-second life.
+    wait_for(lambda: client.info("commandstats").get("cmdstat_expire", {}).get("calls", 0) >= 4)
+    assert client.exists(live.listeners_key())
+
+    stream.close()
+    wait_for(lambda: live.hub.waiting == 0, timeout=10, what="the closed stream to leave")
+    wait_for(lambda: not client.exists(live.listeners_key()), what="the key to expire")
+    live.forget_listeners()  # as a publisher's second of trust runs out
+    published = _publishes(own_redis)
+    services.cancel(job)
+    assert _publishes(own_redis) == published
+
+
+PUBLISHER = """
+import sys
+import django
+
+django.setup()
+from jobs import live, services
+from jobs.models import Job
+
+assert not live.listened()  # nobody listens: trusted for PUSH_LISTENERS_CHECK_SECONDS
+print("ready", flush=True)
+sys.stdin.readline()
+services.cancel(Job.objects.get(id=sys.argv[1]))
+print("cancelled", flush=True)
+"""
+
+
+def test_clients_arriving_while_a_publisher_thinks_nobody_listens_get_its_change(
+    live_api, own_redis, settings, user, streams, tmp_path
+):
+    """A process that looked for listeners just before the clients came skips its
+    PUBLISH; the clients read their job again once the process's look is out of date."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, test_database_url
+
+    settings.PUSH_LISTENERS_CHECK_SECONDS = 5
+    settings.PUSH_MAX_WAIT_SECONDS = 300
+    job = services.enqueue("system.noop", owner=user).job
+    etag = live_api.get(f"/api/jobs/{job.id}/status/").headers["ETag"]
+    publisher = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(job.id)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "jobsite.settings",
+            "DJANGO_DEBUG": "1",
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": own_redis.url,
+            "PUSH_LISTENERS_CHECK_SECONDS": "5",
+        },
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert publisher.stdout.readline().strip() == "ready"
+        stream = streams(live_api, f"?job={job.id}")
+        answers: list[requests.Response] = []
+
+        def long_poll() -> None:
+            path = f"/api/jobs/{job.id}/status/?wait=300"
+            answers.append(live_api.get(path, headers={"If-None-Match": etag}))
+
+        waiting = threading.Thread(target=long_poll)
+        waiting.start()
+        wait_for(lambda: live.hub.waiting == 2, timeout=10, what="both clients to wait")
+
+        publisher.stdin.write("go\n")
+        publisher.stdin.flush()
+        assert publisher.stdout.readline().strip() == "cancelled"
+        assert _publishes(own_redis) == 0  # the change was not published
+
+        wait_for(lambda: [e for e in stream.of(str(job.id)) if e["status"] == "cancelled"])
+        waiting.join(timeout=60)  # long before its wait is over
+        [answer] = answers
+        assert answer.status_code == 200
+        assert answer.json()["status"] == "cancelled"
+    finally:
+        publisher.kill()
+        publisher.wait()
+
+
+def test_a_hung_redis_does_not_hold_the_look_for_listeners(transactional_db, own_redis, user):
+    own_redis.pause()
+
+    assert not live.listened()  # times out, and opens the breaker
+    assert live.breaker.is_open()
+    job = services.enqueue("system.noop", owner=user).job  # skipped without asking
+
+    assert Job.objects.get(id=job.id).status == Status.QUEUED
+    assert not live.listened()
