@@ -102,6 +102,16 @@ def control_for(scope: str, name: str) -> Control | None:
     return Control.objects.filter(scope=scope, name=name).first()
 
 
+# The types this process last found gated: their messages come to the gate at once,
+# without the plain claim first, which a gated job never passes.
+_found_gated: set[str] = set()
+
+
+def found_gated(type_name: str) -> bool:
+    """Whether this process last found `type_name` gated (paused or limited)."""
+    return type_name in _found_gated
+
+
 def admit(
     job_id: str, now: datetime, due: datetime, *, at_a_given_time: bool = False
 ) -> Job | Refusal:
@@ -109,7 +119,7 @@ def admit(
     now; otherwise why not (a held or deferred job starts when released or reserved).
     `now` moves on by the time spent waiting for the type's lock, unless
     `at_a_given_time` (the caller chose the moment)."""
-    job = Job.objects.filter(id=job_id).first()
+    job = job_store().read(job_id)
     if job is None:
         return Refusal.MISSING
     if job.status != Status.QUEUED:
@@ -140,7 +150,9 @@ def admit(
             return Refusal.DUPLICATE
         if not seen.rules.gated:
             # Nothing limits it (any more): a plain claim.
+            _found_gated.discard(jt.name)
             return job_store().claim(job_id, now, due, gate_passed=True) or Refusal.DUPLICATE
+        _found_gated.add(jt.name)
         decision = _decide(job, seen, now)
         if decision is None:
             logs = [(b.key, b.starts, b.reserved) for b in seen.buckets if b.changed]
@@ -408,18 +420,30 @@ def _owner_key(type_name: str, owner_id: int) -> str:
     return f"{_type_key(type_name)}#owner:{owner_id}"
 
 
+# On PostgreSQL the lock is the row's lock, taken without writing a new version of it.
+LOCK_SQL = f'SELECT 1 FROM "{LimitState._meta.db_table}" WHERE key = %s FOR NO KEY UPDATE'
+
+
 def _lock(key: str) -> None:
-    """Lock the state row `key` until the transaction ends (creating it if need be):
-    an UPDATE takes the row lock on PostgreSQL and, first in an IMMEDIATE transaction,
-    is already serialized on SQLite."""
-    if LimitState.objects.filter(key=key).update(key=key):
+    """Lock the state row `key` until the transaction ends (creating it if need be)."""
+    if _locked(key):
         return
     try:
         with transaction.atomic():
             LimitState.objects.create(key=key)
     except IntegrityError:
         pass
-    LimitState.objects.filter(key=key).update(key=key)
+    _locked(key)
+
+
+def _locked(key: str) -> bool:
+    connection = connections[LimitState.objects.db]
+    if connection.vendor != "postgresql":
+        # An UPDATE, first in an IMMEDIATE transaction, is already serialized on SQLite.
+        return bool(LimitState.objects.filter(key=key).update(key=key))
+    with prepared_cursor(connection) as cursor:
+        cursor.execute(LOCK_SQL, [key])
+        return cursor.fetchone() is not None
 
 
 def _buckets(rate_limits: list[tuple[str, int]]) -> list[Bucket]:
@@ -477,9 +501,9 @@ def _rate_message(limits: registry.Limits, start: datetime) -> str:
 def release_after(type_name: str, now: datetime | None = None) -> int:
     """Send as many of the type's jobs held for a concurrency slot as there are free
     slots (per owner too); each is admitted again by the gate. Returns how many."""
-    waiting = Job.objects.filter(type=type_name, status=Status.QUEUED, held=Held.CONCURRENCY)
-    if not waiting.exists():  # the common case: one look at the few held rows' index
+    if not _any_waiting_for_a_slot(type_name):
         return 0
+    waiting = Job.objects.filter(type=type_name, status=Status.QUEUED, held=Held.CONCURRENCY)
     now = now or timezone.now()
     limits = effective_limits(registry.get(type_name), control_for(Scope.TYPE, type_name))
     if limits.concurrency is None and limits.owner_concurrency is None:
@@ -504,6 +528,18 @@ def release_after(type_name: str, now: datetime | None = None) -> int:
         if len(chosen) >= free:
             break
     return _release(chosen, now)
+
+
+WAITING_FOR_A_SLOT_SQL = f"""SELECT EXISTS (SELECT 1 FROM "{Job._meta.db_table}"
+    WHERE type = %s AND status = 'queued' AND held = 'concurrency')"""
+
+
+def _any_waiting_for_a_slot(type_name: str) -> bool:
+    """The common case after a gated job ends: none (one look at the held rows' index,
+    as a prepared statement on PostgreSQL)."""
+    with prepared_cursor(connections[Job.objects.db]) as cursor:
+        cursor.execute(WAITING_FOR_A_SLOT_SQL, [type_name])
+        return bool(cursor.fetchone()[0])
 
 
 def release_paused(now: datetime | None = None) -> int:

@@ -253,6 +253,10 @@ class JobStore:
                 )
         return job
 
+    def read(self, job_id: Any) -> Job | None:
+        """The job, as it is now; None if there is no such job."""
+        return Job.objects.filter(id=job_id).first()
+
     def claimed_at(self, job_id: Any, started_at: datetime) -> Job | None:
         """The job if a claim made at `started_at` holds it (that claim's answer may
         have been lost with its connection)."""
@@ -869,6 +873,9 @@ WITH sent AS (
 {ADD_EVENT} SELECT id, 'dispatched', '', attempts, %s FROM sent
 """
 
+# Read by the limits gate for every message of a gated type.
+READ_SQL = f'SELECT {_COLUMNS} FROM "{JOBS}" WHERE id = %s'
+
 # Polled by clients about once a second per job they watch. Looked up by primary key
 # alone, the owner checked afterwards: with `owner_id = %s` in the WHERE clause too,
 # PostgreSQL may walk the owner's index through all their jobs (it did in benchmark 3,
@@ -936,6 +943,13 @@ class PostgresJobStore(JobStore):
         return self._claim(
             ADMITTED_CLAIM_SQL, {"id": job_id, "now": now, "due": due, "rate_logs": logs}
         )
+
+    def read(self, job_id: Any) -> Job | None:
+        connection = _connection()
+        with prepared_cursor(connection) as cursor:
+            cursor.execute(READ_SQL, [job_id])
+            row = cursor.fetchone()
+        return None if row is None else _job_from_row(row, connection)
 
     def _claim(self, sql: str, params: dict[str, Any]) -> Job | None:
         connection = _connection()

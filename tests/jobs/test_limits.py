@@ -161,6 +161,28 @@ def test_an_admitted_gated_claim_is_four_statements_and_a_transaction(user):
         assert [len(log.starts) for log in logs.order_by("key")] == [2, 2]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_type_found_gated_goes_to_the_gate_at_once_until_it_is_found_ungated_again():
+    if connection.vendor != "postgresql":
+        pytest.skip("counts the statements of the PostgreSQL store")
+    with job_type(lambda ctx: "done") as jt:
+        jobs = [services.enqueue(jt.name).job for _ in range(4)]
+        controls.set_limits(jt.name, Limits(concurrency=5), by=None, via=Via.COMMAND)
+        assert run(jobs[0]) == "succeeded"  # the plain claim is refused: through the gate
+
+        with CaptureQueriesContext(connection) as gated:
+            assert run(jobs[1]) == "succeeded"
+        controls.set_limits(jt.name, None, by=None, via=Via.COMMAND)
+        assert run(jobs[2]) == "succeeded"  # through the gate, which lets it through
+        with CaptureQueriesContext(connection) as plain:
+            assert run(jobs[3]) == "succeeded"
+
+    # No plain claim first: the job, the gate's transaction, the end, a look for jobs
+    # waiting for a slot. Then the plain claim and the end alone.
+    assert len(gated.captured_queries) == 8, [q["sql"] for q in gated.captured_queries]
+    assert len(plain.captured_queries) == 2, [q["sql"] for q in plain.captured_queries]
+
+
 def test_an_admitted_claim_that_finds_its_job_gone_writes_no_start(user):
     now = a_moment()
     with job_type(lambda ctx: "done", limits=EVERY_LIMIT) as jt:
