@@ -112,6 +112,11 @@ def found_gated(type_name: str) -> bool:
     return type_name in _found_gated
 
 
+def forget_found_gated() -> None:
+    """Forget which types this process found gated: each is found again by its next job."""
+    _found_gated.clear()
+
+
 def admit(
     job_id: str, now: datetime, due: datetime, *, at_a_given_time: bool = False
 ) -> Job | Refusal:
