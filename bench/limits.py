@@ -37,16 +37,19 @@ def seconds_per_job(n: int, setup) -> tuple[float, float]:
     setup()
     jobs = services.enqueue_many([services.JobSpec(TYPE) for _ in range(n)])
     ids = [str(e.job.id) for e in jobs]
+    # The first job finds out whether the type is gated (the worker remembers it); the
+    # statements counted are those of the second, as of every job after it.
+    runner.execute(ids[0], type_name=TYPE)
     with CaptureQueriesContext(connection) as sample:
-        runner.execute(ids[0], type_name=TYPE)
+        runner.execute(ids[1], type_name=TYPE)
     start = time.perf_counter()
-    for job_id in ids[1:]:
+    for job_id in ids[2:]:
         outcome = runner.execute(job_id, type_name=TYPE)
         if outcome != "succeeded":
             raise AssertionError(f"job {job_id}: {outcome}")
     elapsed = time.perf_counter() - start
     harness.flush_broker()
-    return elapsed / (n - 1), float(len(sample.captured_queries))
+    return elapsed / (n - 2), float(len(sample.captured_queries))
 
 
 def no_limits() -> None:

@@ -52,8 +52,8 @@ class ClaimFailed(Exception):
 def execute(job_id: str, *, now: datetime | None = None, type_name: str | None = None) -> Outcome:
     """Run the job if this message can claim it. `now` is the time of the claim, and
     of the retry's schedule if the attempt fails (the current time by default).
-    `type_name`, the type the message was sent for, spares a type with limits the
-    claim that ignores them."""
+    `type_name`, the type the message was sent for, spares a type with limits (or
+    that this process found gated) the claim that ignores them."""
     claimed_at = now or timezone.now()
     job, gated = admit(job_id, claimed_at, type_name, at_a_given_time=now is not None)
     if not isinstance(job, Job):
@@ -86,8 +86,10 @@ def admit(
 ) -> tuple[Job | Refusal, bool]:
     """Claim the job, through its type's limits and pauses when it has any: the job
     (running) or why it did not start, and whether it went through the gate."""
-    declares_limits = type_name is not None and _declares_limits(type_name)
-    if not declares_limits:
+    to_the_gate = type_name is not None and (
+        _declares_limits(type_name) or limits.found_gated(type_name)
+    )
+    if not to_the_gate:
         job = claim(job_id, now)
         if job is not None:
             return job, False

@@ -43,6 +43,7 @@ from .models import (
     Job,
     JobDependency,
     JobEvent,
+    LimitState,
     Scope,
     Status,
 )
@@ -57,6 +58,8 @@ STATUS_FIELDS = ["id", "status", "progress", "message", "updated_at", "expires_a
 # Read with them: what a queued job's place in line is computed from (jobs.line.Waiting).
 WAITING_FIELDS = ["type", "queue", "priority", "created_at", "held", "run_at"]
 POLLED_FIELDS = ["owner_id", *STATUS_FIELDS, *WAITING_FIELDS]
+# A rate limit's window log as the limits gate leaves it: key, starts, reserved starts.
+RateLog = tuple[str, list[int], list[int]]
 
 
 def held(job_id: Any, attempt: int) -> QuerySet[Job]:
@@ -240,6 +243,27 @@ class JobStore:
                 job, EventKind.STARTED, now, f"Attempt {job.attempts_used} of {job.max_attempts}"
             )
         return job
+
+    def claim_admitted(
+        self, job_id: Any, now: datetime, due: datetime, rate_logs: Sequence[RateLog] = ()
+    ) -> Job | None:
+        """Claim a job the limits gate admitted (as `claim(gate_passed=True)`) and write
+        the window logs of the rate limits it took its start in (`LimitState` rows),
+        only if it was claimed."""
+        with transaction.atomic():
+            job = self.claim(job_id, now, due, gate_passed=True)
+            if job is not None and rate_logs:
+                LimitState.objects.bulk_create(
+                    [LimitState(key=k, starts=s, reserved=r) for k, s, r in rate_logs],
+                    update_conflicts=True,
+                    unique_fields=["key"],
+                    update_fields=["starts", "reserved"],
+                )
+        return job
+
+    def read(self, job_id: Any) -> Job | None:
+        """The job, as it is now; None if there is no such job."""
+        return Job.objects.filter(id=job_id).first()
 
     def claimed_at(self, job_id: Any, started_at: datetime) -> Job | None:
         """The job if a claim made at `started_at` holds it (that claim's answer may
@@ -794,11 +818,23 @@ WITH {_TARGET}, claimed AS (
     SELECT id, 'started', 'Attempt ' || (attempts - snoozes) || ' of ' || max_attempts,
         attempts, %(now)s
     FROM claimed
-)
+){{logged}}
 SELECT {_COLUMNS} FROM claimed
 """
-CLAIM_SQL = _CLAIM_SQL.replace("{gate}", f"\n        AND {NOT_GATED}")
-GATE_PASSED_CLAIM_SQL = _CLAIM_SQL.replace("{gate}", "")
+CLAIM_SQL = _CLAIM_SQL.replace("{gate}", f"\n        AND {NOT_GATED}").replace("{logged}", "")
+GATE_PASSED_CLAIM_SQL = _CLAIM_SQL.replace("{gate}", "").replace("{logged}", "")
+# An admitted claim that took a start within rate limits writes their window logs in
+# the same statement, only if it claimed the job.
+ADMITTED_CLAIM_SQL = _CLAIM_SQL.replace("{gate}", "").replace(
+    "{logged}",
+    f""", logged AS (
+    INSERT INTO "{LimitState._meta.db_table}" AS state (key, starts, reserved)
+    SELECT log.key, log.starts, log.reserved
+    FROM jsonb_to_recordset(%(rate_logs)s::jsonb) AS log(key text, starts jsonb, reserved jsonb)
+    WHERE EXISTS (SELECT 1 FROM claimed)
+    ON CONFLICT (key) DO UPDATE SET starts = EXCLUDED.starts, reserved = EXCLUDED.reserved
+)""",
+)
 
 FINISH_SQL = f"""
 WITH {_TARGET}, ended AS (
@@ -856,6 +892,9 @@ WITH sent AS (
 )
 {ADD_EVENT} SELECT id, 'dispatched', '', attempts, %s FROM sent
 """
+
+# Read by the limits gate for every message of a gated type.
+READ_SQL = f'SELECT {_COLUMNS} FROM "{JOBS}" WHERE id = %s'
 
 # Polled by clients about once a second per job they watch. Looked up by primary key
 # alone, the owner checked afterwards: with `owner_id = %s` in the WHERE clause too,
@@ -930,10 +969,30 @@ class PostgresJobStore(JobStore):
     def claim(
         self, job_id: Any, now: datetime, due: datetime, *, gate_passed: bool = False
     ) -> Job | None:
-        connection = _connection()
         sql = GATE_PASSED_CLAIM_SQL if gate_passed else CLAIM_SQL
-        with _prepared_cursor(connection) as cursor:
-            cursor.execute(sql, {"id": job_id, "now": now, "due": due})
+        return self._claim(sql, {"id": job_id, "now": now, "due": due})
+
+    def claim_admitted(
+        self, job_id: Any, now: datetime, due: datetime, rate_logs: Sequence[RateLog] = ()
+    ) -> Job | None:
+        if not rate_logs:
+            return self.claim(job_id, now, due, gate_passed=True)
+        logs = json.dumps([{"key": k, "starts": s, "reserved": r} for k, s, r in rate_logs])
+        return self._claim(
+            ADMITTED_CLAIM_SQL, {"id": job_id, "now": now, "due": due, "rate_logs": logs}
+        )
+
+    def read(self, job_id: Any) -> Job | None:
+        connection = _connection()
+        with prepared_cursor(connection) as cursor:
+            cursor.execute(READ_SQL, [job_id])
+            row = cursor.fetchone()
+        return None if row is None else _job_from_row(row, connection)
+
+    def _claim(self, sql: str, params: dict[str, Any]) -> Job | None:
+        connection = _connection()
+        with prepared_cursor(connection) as cursor:
+            cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is None:
             return None
@@ -965,7 +1024,7 @@ class PostgresJobStore(JobStore):
             "kind": ENDED_BY[status],
             "event_message": error[:500],
         }
-        with _prepared_cursor(connection) as cursor:
+        with prepared_cursor(connection) as cursor:
             cursor.execute(FINISH_SQL, params)
             ended = cursor.fetchone()
             if ended is None:
@@ -991,7 +1050,7 @@ class PostgresJobStore(JobStore):
             "now": now,
             "event_message": f"{error[:400]} — retry in {delay:g}s"[:500],
         }
-        with _prepared_cursor(_connection()) as cursor:
+        with prepared_cursor(_connection()) as cursor:
             cursor.execute(RETRY_SQL, params)
             if cursor.rowcount <= 0:
                 return False
@@ -1008,7 +1067,7 @@ class PostgresJobStore(JobStore):
                 found = cursor.fetchone()
             return dict(zip(POLLED_FIELDS, found, strict=True)) if found else None
         params = {"id": job_id, "now": now or timezone.now(), "up_to": ahead_up_to}
-        with _prepared_cursor(_connection()) as cursor:
+        with prepared_cursor(_connection()) as cursor:
             cursor.execute(STATUS_LINE_SQL, params)
             found = cursor.fetchone()
         if not found:
@@ -1029,7 +1088,7 @@ class PostgresJobStore(JobStore):
             "now": now,
             "up_to": up_to,
         }
-        with _prepared_cursor(_connection()) as cursor:
+        with prepared_cursor(_connection()) as cursor:
             cursor.execute(COUNT_AHEAD_SQL, params)
             higher, same = cursor.fetchone()
         return min(higher + same, up_to)
@@ -1078,12 +1137,12 @@ class _PreparingCursor(psycopg.Cursor):
 NEVER_AUTOMATICALLY = 2**31
 
 
-def _prepared_cursor(connection) -> CursorWrapper:
+def prepared_cursor(connection) -> CursorWrapper:
     """A cursor for the statements every job runs: as prepared statements they cost
     PostgreSQL half the CPU (bench/). JOBS_PREPARED_STATEMENTS=0 turns them off for
     connection poolers that cannot keep prepared statements (PgBouncer before 1.21 in
-    transaction mode)."""
-    if not settings.JOBS_PREPARED_STATEMENTS:
+    transaction mode). Any other database: its own cursor."""
+    if connection.vendor != "postgresql" or not settings.JOBS_PREPARED_STATEMENTS:
         return connection.cursor()
     connection.ensure_connection()
     if connection.connection.prepare_threshold is None:

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 from kombu import pools
 
-from jobs import live, messages
+from jobs import limits, live, messages
 from jobsite import throttles
 from jobsite.celery_app import app as celery_app
 from jobsite.embedded_redis import EmbeddedRedis
@@ -238,6 +238,13 @@ def closed_breakers():
     messages.breaker.reset()
     throttles.breaker.reset()
     live.breaker.reset()
+
+
+@pytest.fixture(autouse=True)
+def no_type_found_gated():
+    """Each test starts with no job type known to this process as gated (a type a
+    previous test paused or limited would otherwise first go to the gate)."""
+    limits.forget_found_gated()
 
 
 @pytest.fixture

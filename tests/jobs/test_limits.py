@@ -6,12 +6,15 @@ test_limits_workers.py."""
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs import controls, limits, services, sweepers
 from jobs.audit import Via
-from jobs.models import Held, Job, OperatorAction, Scope
+from jobs.models import Held, Job, LimitState, OperatorAction, Scope
 from jobs.registry import Limits
+from jobs.store import job_store
 from tests.engine import event_kinds, job_type, reloaded, run
 
 pytestmark = pytest.mark.django_db
@@ -131,6 +134,67 @@ def test_a_rate_limit_per_owner_counts_each_owners_starts(user, other_user):
         theirs = services.enqueue(jt.name, owner=other_user).job
         assert [run(j, now=now) for j in [*mine, theirs]] == ["succeeded", "held", "succeeded"]
         assert reloaded(mine[1]).run_at == now + timedelta(seconds=30)
+
+
+EVERY_LIMIT = Limits(concurrency=10, owner_concurrency=5, rate=100, owner_rate=50, period=60)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admitted_gated_claim_is_four_statements_and_a_transaction(user):
+    if connection.vendor != "postgresql":
+        pytest.skip("counts the statements of the PostgreSQL store")
+    now = a_moment()
+    with job_type(lambda ctx: "done", limits=EVERY_LIMIT) as jt:
+        first, second = (services.enqueue(jt.name, owner=user).job for _ in range(2))
+        assert run(first, now=now) == "succeeded"  # the first start writes the state rows
+
+        with CaptureQueriesContext(connection) as queries:
+            admitted = limits.admit(str(second.id), now, now, at_a_given_time=True)
+
+        assert isinstance(admitted, Job) and admitted.status == "running"
+        # The job; then, in one transaction, the type's lock, its controls, running jobs
+        # and rate logs read under it, and the claim that writes the start to the logs.
+        statements = [str(q["sql"]) for q in queries.captured_queries]
+        assert len(statements) == 6, statements
+        assert (statements[1], statements[-1]) == ("BEGIN", "COMMIT")
+        logs = LimitState.objects.filter(key__startswith=f"type:{jt.name}")
+        assert [len(log.starts) for log in logs.order_by("key")] == [2, 2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_type_found_gated_goes_to_the_gate_at_once_until_it_is_found_ungated_again():
+    if connection.vendor != "postgresql":
+        pytest.skip("counts the statements of the PostgreSQL store")
+    with job_type(lambda ctx: "done") as jt:
+        jobs = [services.enqueue(jt.name).job for _ in range(4)]
+        controls.set_limits(jt.name, Limits(concurrency=5), by=None, via=Via.COMMAND)
+        assert run(jobs[0]) == "succeeded"  # the plain claim is refused: through the gate
+
+        with CaptureQueriesContext(connection) as gated:
+            assert run(jobs[1]) == "succeeded"
+        controls.set_limits(jt.name, None, by=None, via=Via.COMMAND)
+        assert run(jobs[2]) == "succeeded"  # through the gate, which lets it through
+        with CaptureQueriesContext(connection) as plain:
+            assert run(jobs[3]) == "succeeded"
+
+    # No plain claim first: the job, the gate's transaction, the end, a look for jobs
+    # waiting for a slot. Then the plain claim and the end alone.
+    assert len(gated.captured_queries) == 8, [q["sql"] for q in gated.captured_queries]
+    assert len(plain.captured_queries) == 2, [q["sql"] for q in plain.captured_queries]
+
+
+def test_an_admitted_claim_that_finds_its_job_gone_writes_no_start(user):
+    now = a_moment()
+    with job_type(lambda ctx: "done", limits=EVERY_LIMIT) as jt:
+        job = services.enqueue(jt.name, owner=user).job
+        job_store().cancel(job, now)
+        key = f"type:{jt.name}"
+
+        claimed = job_store().claim_admitted(job.id, now, now, [(key, [1, 2], [3])])
+
+        assert claimed is None
+        assert not LimitState.objects.filter(key=key).exists()
+        assert reloaded(job).status == "cancelled"
 
 
 def test_a_paused_type_starts_none_of_its_jobs_until_resumed(staff_user):

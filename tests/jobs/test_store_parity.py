@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from jobs.models import EventKind, Job, JobEvent, Priority, Status
+from jobs.models import EventKind, Held, Job, JobEvent, LimitState, Priority, Status
 from jobs.store import JobStore, PostgresJobStore, job_store
 
 pytestmark = pytest.mark.skipif(
@@ -163,6 +163,44 @@ def test_claim_that_takes_nothing(db, now, state):
 
     assert results == [None, None]
     assert_same_state(*jobs)
+
+
+def test_admitted_claim_writes_its_rate_logs(db, now):
+    logs = {store: [(f"tests:{type(store).__name__}", [1, 2], [3])] for store in STORES}
+
+    claimed = run_on_both(
+        lambda store, job: store.claim_admitted(job.id, now, now, logs[store]),
+        held=Held.RATE,
+        run_at=now,
+    )
+
+    assert all(job is not None and job.held == Held.NO for job in claimed)
+    assert_same_state(*claimed)
+    written = LimitState.objects.filter(key__startswith="tests:").values_list("starts", "reserved")
+    assert list(written) == [([1, 2], [3])] * 2
+
+
+def test_admitted_claim_of_a_job_no_longer_queued_writes_no_rate_log(db, now):
+    jobs = twins(status=Status.CANCELLED)
+
+    results = [
+        store.claim_admitted(job.id, now, now, [("tests:log", [1], [])])
+        for store, job in zip(STORES, jobs, strict=True)
+    ]
+
+    assert results == [None, None]
+    assert not LimitState.objects.filter(key="tests:log").exists()
+
+
+def test_read(db, now):
+    job = twins(run_at=now, priority=Priority.HIGH, owner=None)[0]
+    fields = [f.attname for f in Job._meta.concrete_fields]
+    expected = [getattr(Job.objects.get(id=job.id), f) for f in fields]
+
+    read = [store.read(job.id) for store in STORES]
+
+    assert [[getattr(found, f) for f in fields] for found in read] == [expected] * 2
+    assert [store.read(uuid.uuid4()) for store in STORES] == [None, None]
 
 
 @pytest.mark.parametrize("milestone", [None, 50])
