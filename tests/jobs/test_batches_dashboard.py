@@ -253,7 +253,10 @@ def test_cancelling_from_the_dashboard_cancels_the_jobs_and_is_recorded(cancelle
         f"/dashboard/batches/{batch.id}/cancel/", headers={"X-Requested-With": "fetch"}
     )
     assert again.status_code == 409
-    assert again.json() == {"detail": "Cannot cancel a batch that is cancelled.", "state": "cancelled"}
+    assert again.json() == {
+        "detail": "Cannot cancel a batch that is cancelled.",
+        "state": "cancelled",
+    }
     assert OperatorAction.objects.count() == 1
 
 
