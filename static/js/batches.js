@@ -80,8 +80,9 @@
     await refresh();
   });
 
-  document.querySelectorAll("form.filters select").forEach((select) => {
-    select.addEventListener("change", () => select.form.submit());
+  // Delegated: a refresh replaces the filter of a batch's jobs with a new one.
+  document.addEventListener("change", (event) => {
+    if (event.target.matches("form.filters select")) event.target.form.submit();
   });
 
   refreshEvery(REFRESH_MS);

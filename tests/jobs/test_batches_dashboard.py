@@ -209,6 +209,26 @@ def test_a_batchs_page_lists_its_jobs_and_names_the_failed_ones(staff, user):
     assert bad.status_code == 400 and list(bad.json()["errors"]) == ["status"]
 
 
+def test_a_batchs_page_takes_the_same_queries_however_many_jobs_it_shows(staff, user):
+    def queries(batch: Batch) -> int:
+        staff.get(f"/dashboard/batches/{batch.id}/")
+        with CaptureQueriesContext(connection) as captured:
+            assert staff.get(f"/dashboard/batches/{batch.id}/").status_code == 200
+        return len(captured)
+
+    small = create_batch([NOOP], owner=user, on_success=NOOP, on_complete=NOOP)
+    finish(jobs_of(small)[0], Status.FAILED, error="OSError: gone")
+    large = create_batch([NOOP] * 12, owner=user, on_success=NOOP, on_complete=NOOP)
+    for job in jobs_of(large)[:5]:
+        finish(job, Status.FAILED, error="OSError: gone")
+    for job in jobs_of(large)[5:]:
+        finish(job)
+    settle(small.id)
+    settle(large.id)
+
+    assert queries(large) == queries(small)
+
+
 def test_a_batchs_jobs_come_a_page_at_a_time(staff, user, monkeypatch):
     monkeypatch.setattr(batch_dashboard, "JOBS_LISTED", 2)
     batch = create_batch([NOOP] * 5, owner=user)

@@ -229,4 +229,10 @@ def test_the_batches_page_follows_a_batch_to_its_end_and_cancels_another(page, s
     assert Batch.objects.get(id=naps.id).state == BatchState.CANCELLED
     action = OperatorAction.objects.get(target_kind="batch")
     assert (action.target, action.via) == (str(naps.id), "dashboard")
+
+    page.get_by_role("link", name="Batches", exact=True).last.click()
+    page.get_by_label("State").select_option("cancelled")
+    page.wait_for_url("**/dashboard/batches/?state=cancelled")
+    rows = page.locator("#batch-rows tr")
+    assert rows.count() == 1 and rows.get_attribute("data-batch") == str(naps.id)
     live.hub.stop()
