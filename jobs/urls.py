@@ -2,6 +2,7 @@ from django.urls import path
 
 from . import (
     api_urls,  # noqa: F401 (registers the "scope" path converter)
+    batch_dashboard,
     dashboard,
     metrics,
 )
@@ -35,5 +36,12 @@ urlpatterns = [
     ),
     path(
         "dashboard/schedules/<str:name>/run/", dashboard.run_schedule, name="dashboard-schedule-run"
+    ),
+    path("dashboard/batches/", batch_dashboard.batch_list, name="dashboard-batches"),
+    path("dashboard/batches/<uuid:batch_id>/", batch_dashboard.batch_page, name="dashboard-batch"),
+    path(
+        "dashboard/batches/<uuid:batch_id>/cancel/",
+        batch_dashboard.cancel_batch,
+        name="dashboard-batch-cancel",
     ),
 ]

@@ -1,5 +1,6 @@
 """The dashboard in Chromium: it refreshes itself without reloading the page, draws the
-history charts, and pauses a queue from its Controls section."""
+history charts, pauses a queue from its Controls section, follows batches as their jobs
+end and cancels one."""
 
 from datetime import timedelta
 
@@ -8,7 +9,10 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from jobs import controls, history, live, scheduling, services
-from jobs.models import Job, Scope, Status
+from jobs.batches import create_batch
+from jobs.models import Batch, BatchState, Job, OperatorAction, Scope, Status
+from jobs.services import JobSpec
+from tests import engine
 from tests.conftest import CHROMIUM, PASSWORD
 from tests.support import wait_for
 
@@ -18,13 +22,13 @@ pytestmark = [
 ]
 
 
-def open_dashboard(page, staff_user) -> None:
+def open_dashboard(page, staff_user, path: str = "/dashboard/") -> None:
     """Sign in through the form the dashboard sends a visitor to, and land on it."""
-    page.goto("/dashboard/")
+    page.goto(path)
     page.get_by_label("Username").fill(staff_user.username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/dashboard/")
+    page.wait_for_url(f"**{path}")
 
 
 def test_the_dashboard_updates_in_place_and_retries_with_one_click(page, staff_user):
@@ -180,4 +184,55 @@ def test_the_dashboard_refreshes_when_jobs_change_not_on_a_timer(page, staff_use
             break
         page.wait_for_timeout(50)
     assert queued.inner_text() == "3"
+    live.hub.stop()
+
+
+def test_the_batches_page_follows_a_batch_to_its_end_and_cancels_another(page, staff_user):
+    staff_user.user_permissions.add(Permission.objects.get(codename="cancel_job"))
+    noop = JobSpec("system.noop")
+    album = create_batch([noop] * 4, owner=staff_user, on_success=noop, description="album")
+    naps = create_batch([noop] * 3, owner=None, description="naps")
+    open_dashboard(page, staff_user, "/dashboard/batches/")
+    page.evaluate("window.__notReloaded = true")
+    row = page.locator(f'[data-batch="{album.id}"]')
+    assert row.locator("progress").get_attribute("value") == "0"
+    assert "album" in row.inner_text() and "naps" in page.locator("#batch-rows").inner_text()
+
+    for job in Job.objects.filter(batch=album).order_by("id")[:2]:
+        assert engine.run(job) == "succeeded"
+    page.wait_for_function(
+        f"""document.querySelector('[data-batch="{album.id}"] progress').value === 50""",
+        timeout=15_000,
+    )
+    assert row.locator('[data-count="succeeded"] b').inner_text() == "2"
+    assert row.locator("[data-state]").inner_text() == "running"
+
+    for job in Job.objects.filter(batch=album, status=Status.QUEUED):
+        assert engine.run(job) == "succeeded"
+    row.locator("[data-state]", has_text="succeeded").wait_for(timeout=15_000)
+    assert row.locator("progress").get_attribute("value") == "100"
+    album.refresh_from_db()
+    callback = row.locator("[data-callbacks] a")
+    assert callback.get_attribute("href") == f"/admin/jobs/job/{album.success_job_id}/change/"
+    assert not row.get_by_role("button", name=f"Cancel batch {str(album.id)[:8]}").count()
+    assert page.evaluate("window.__notReloaded") is True
+
+    page.get_by_role("link", name=str(naps.id)[:8]).click()
+    page.wait_for_url(f"**/dashboard/batches/{naps.id}/")
+    page.evaluate("window.__notReloaded = true")
+    assert page.locator("#batch-job-rows tr").count() == 3
+    page.get_by_role("button", name=f"Cancel batch {str(naps.id)[:8]}").click()
+
+    page.locator("#batch-summary [data-state]", has_text="cancelled").wait_for(timeout=15_000)
+    assert page.locator("#batch-job-rows .badge-cancelled").count() == 3
+    assert page.evaluate("window.__notReloaded") is True
+    assert Batch.objects.get(id=naps.id).state == BatchState.CANCELLED
+    action = OperatorAction.objects.get(target_kind="batch")
+    assert (action.target, action.via) == (str(naps.id), "dashboard")
+
+    page.get_by_role("link", name="Batches", exact=True).last.click()
+    page.get_by_label("State").select_option("cancelled")
+    page.wait_for_url("**/dashboard/batches/?state=cancelled")
+    rows = page.locator("#batch-rows tr")
+    assert rows.count() == 1 and rows.get_attribute("data-batch") == str(naps.id)
     live.hub.stop()

@@ -158,6 +158,10 @@ TABLE: list[Row] = [
     row("POST",  "/dashboard/controls/type/system.noop/limits/", LOGIN, 403, 403, 403, 302),
     row("POST",  "/dashboard/schedules/purge/switch/",    LOGIN, 403,   403,   403,   302),
     row("POST",  "/dashboard/schedules/purge/run/",       LOGIN, 403,   403,   403,   302),
+    # batches: staff see every batch; cancelling one takes jobs.cancel_job
+    row("GET",   "/dashboard/batches/",                   LOGIN, 403,   403,   200,   200),
+    row("GET",   "/dashboard/batches/{batch}/",           LOGIN, 403,   403,   200,   200),
+    row("POST",  "/dashboard/batches/{batch}/cancel/",    LOGIN, 403,   403,   403,   302),
     # --- the reports pages: each user's own
     row("GET",   "/",                                     302,   302,   302,   302,   302),
     row("GET",   "/reports/",                             LOGIN, 200,   200,   200,   200),
