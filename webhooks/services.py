@@ -358,7 +358,9 @@ def deliver(ctx: JobContext) -> dict[str, Any]:
     try:
         answer = sending.post(target, body, headers)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        # No answer (TLS errors included) is tried again: a receiver's certificate is
+        # fixed or renewed like a server is restarted, and nothing was sent.
+        error = sending.no_answer(exc, target)
         _record(delivery, started_at, started, None, error, final=last_attempt)
         raise DeliveryFailed(error) from None
     return _judge(ctx, delivery, answer, started_at, started, last_attempt)
