@@ -461,6 +461,11 @@ REPORTS_RUNNING_PER_OWNER = env.int("REPORTS_RUNNING_PER_OWNER", default=2)
 WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = env.list("WEBHOOKS_ALLOWED_PRIVATE_NETWORKS", default=[])
 # Plain http:// endpoints (https:// only by default).
 WEBHOOKS_ALLOW_HTTP = env.bool("WEBHOOKS_ALLOW_HTTP", default=False)
+# A PEM file of the CAs https receivers' certificates must chain to, instead of certifi's
+# bundle (a private CA; append it to certifi's bundle to trust both); certifi's if empty.
+WEBHOOKS_CA_BUNDLE = env.str("WEBHOOKS_CA_BUNDLE", default="")
+if WEBHOOKS_CA_BUNDLE and not Path(WEBHOOKS_CA_BUNDLE).is_file():
+    raise ImproperlyConfigured(f"WEBHOOKS_CA_BUNDLE is not a file: {WEBHOOKS_CA_BUNDLE}")
 # Seconds to connect to a receiver, and to wait for each read of its answer.
 WEBHOOKS_CONNECT_TIMEOUT = env.float("WEBHOOKS_CONNECT_TIMEOUT", default=5.0)
 WEBHOOKS_READ_TIMEOUT = env.float("WEBHOOKS_READ_TIMEOUT", default=10.0)

@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
-from jobs.engine import Via, audit_record
+from jobs.engine import Via
 
 from . import addresses, services
 from .models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
@@ -74,20 +74,12 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         return False
 
     def has_replay_permission(self, request) -> bool:
-        return request.user.has_perm("webhooks.replay_webhookdelivery")
+        return request.user.has_perm(services.REPLAY_PERMISSION)
 
     @admin.action(permissions=["replay"], description="Replay selected deliveries")
     def replay_deliveries(self, request, queryset) -> None:
         for delivery in queryset.select_related("endpoint"):
-            again = services.replay(delivery)
-            audit_record(
-                request.user,
-                "replay",
-                "webhook_delivery",
-                delivery.id,
-                via=Via.ADMIN,
-                replay=str(again.id),
-            )
+            services.replay(delivery, by=request.user, via=Via.ADMIN)
         self.message_user(
             request, f"{queryset.count()} delivery(ies) sent again.", messages.SUCCESS
         )

@@ -1,7 +1,8 @@
 """The webhooks HTTP API: register endpoints, see their deliveries, replay one.
 
 Each user sees and changes their own endpoints; staff see everyone's but change only
-their own (an endpoint's secret is its owner's)."""
+their own (an endpoint's secret is its owner's). Replaying another user's delivery takes
+the permission the admin's replay action takes; every replay is in the audit log."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from jobs.engine import Via
 from jobsite.api import conflict, uuid_or_404
 
 from . import addresses, services
@@ -212,6 +214,10 @@ class DeliveryViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk: str) -> Response:
         delivery = self.get_object()
-        _owner_only(request, delivery.endpoint.owner_id)
-        again = services.replay(delivery)
+        if not services.may_replay(request.user, delivery):
+            raise exceptions.PermissionDenied(
+                "Replaying another user's delivery needs the "
+                f"{services.REPLAY_PERMISSION} permission."
+            )
+        again = services.replay(delivery, by=request.user, via=Via.API)
         return Response(DeliverySerializer(again).data, status=status.HTTP_202_ACCEPTED)

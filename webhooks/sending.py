@@ -1,8 +1,13 @@
 """One POST of a delivery to its receiver, connected to the address that was checked
-(webhooks.addresses), with connect and read timeouts, following no redirect."""
+(webhooks.addresses), with connect and read timeouts, following no redirect.
+
+Over https the receiver's certificate must chain to a CA of certifi's bundle (or of
+WEBHOOKS_CA_BUNDLE instead) and name the URL's host, which is also the TLS server name,
+although the connection goes to the checked address."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +17,8 @@ import certifi
 import urllib3
 from django.conf import settings
 from django.utils import timezone
+from urllib3.exceptions import SSLError
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from .addresses import Target
 
@@ -69,7 +76,7 @@ def _pool(target: Target, timeout: urllib3.Timeout) -> urllib3.HTTPConnectionPoo
             retries=False,
             maxsize=1,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(),
+            ca_certs=ca_bundle(),
             # The certificate must be the URL's host's, though we connect by address.
             server_hostname=target.host,
             assert_hostname=target.host,
@@ -77,6 +84,24 @@ def _pool(target: Target, timeout: urllib3.Timeout) -> urllib3.HTTPConnectionPoo
     return urllib3.HTTPConnectionPool(
         target.address, target.port, timeout=timeout, retries=False, maxsize=1
     )
+
+
+def ca_bundle() -> str:
+    """The PEM file of the CAs a receiver's certificate must chain to."""
+    return settings.WEBHOOKS_CA_BUNDLE or certifi.where()
+
+
+def no_answer(exc: Exception, target: Target) -> str:
+    """Why no answer came, for the delivery's log: TLS failures said as such."""
+    if isinstance(exc, SSLError):
+        cause = exc.args[0] if exc.args else exc
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or str(cause)
+            return f"TLS error: the certificate of {target.host} could not be verified ({reason})."
+        if isinstance(cause, CertificateError):
+            return f"TLS error: the certificate is not for {target.host} ({cause})."
+        return f"TLS error: the handshake with {target.host} failed ({cause})."
+    return f"{type(exc).__name__}: {exc}"
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -29,6 +29,7 @@ from jobs.engine import (
     JobSpec,
     PermanentError,
     Status,
+    audit_record,
     batch_summary,
     enqueue_many,
     job_data,
@@ -52,6 +53,7 @@ DELIVER = "webhooks.deliver"
 JOB_EVENTS = {f"job.{status}" for status in FINISHED_STATUSES}
 # 4xx answers worth trying again: the receiver timed out, was not ready, or asks to wait.
 RETRIED_CLIENT_ERRORS = {408, 425, 429}
+REPLAY_PERMISSION = "webhooks.replay_webhookdelivery"
 
 
 class TooManyEndpoints(Exception):
@@ -296,8 +298,17 @@ def _enqueue_deliveries(deliveries: list[WebhookDelivery]) -> None:
     WebhookDelivery.objects.bulk_update(deliveries, ["job_id"])
 
 
-def replay(delivery: WebhookDelivery) -> WebhookDelivery:
-    """A new delivery of `delivery`'s body, signed afresh when it is sent."""
+def may_replay(user, delivery: WebhookDelivery) -> bool:
+    """Owners replay their own deliveries; anyone else (staff, who see every delivery)
+    needs the permission the admin's replay action takes."""
+    if user is None or user.pk is None:
+        return False
+    return delivery.endpoint.owner_id == user.pk or user.has_perm(REPLAY_PERMISSION)
+
+
+def replay(delivery: WebhookDelivery, *, by=None, via: str | None = None) -> WebhookDelivery:
+    """A new delivery of `delivery`'s body, signed afresh when it is sent. With `via`
+    (the door the user came through), recorded with `by` in the audit log."""
     with transaction.atomic():
         again = WebhookDelivery.objects.create(
             endpoint=delivery.endpoint,
@@ -307,6 +318,10 @@ def replay(delivery: WebhookDelivery) -> WebhookDelivery:
             replay_of=delivery,
         )
         _enqueue_deliveries([again])
+        if via is not None:
+            audit_record(
+                by, "replay", "webhook_delivery", delivery.id, via=via, replay=str(again.id)
+            )
     return again
 
 
@@ -358,7 +373,9 @@ def deliver(ctx: JobContext) -> dict[str, Any]:
     try:
         answer = sending.post(target, body, headers)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        # No answer (TLS errors included) is tried again: a receiver's certificate is
+        # fixed or renewed like a server is restarted, and nothing was sent.
+        error = sending.no_answer(exc, target)
         _record(delivery, started_at, started, None, error, final=last_attempt)
         raise DeliveryFailed(error) from None
     return _judge(ctx, delivery, answer, started_at, started, last_attempt)

@@ -131,7 +131,8 @@ TABLE: list[Row] = [
     row("PUT",   "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("PATCH", "/api/notes/tasks/{task}/",              401,   200,   404,   404,   404),
     row("DELETE", "/api/notes/tasks/{task}/",             401,   204,   404,   404,   404),
-    # --- webhooks: each user's own; staff see everyone's but change only their own
+    # --- webhooks: each user's own; staff see everyone's but change only their own;
+    # replaying another user's delivery takes webhooks.replay_webhookdelivery (as in the admin)
     row("GET",   "/api/webhooks/",                        401,   200,   200,   200,   200),
     row("POST",  "/api/webhooks/",                        401,   201,   201,   201,   201),
     row("GET",   "/api/webhooks/{webhook}/",              401,   200,   404,   200,   200),
@@ -141,7 +142,7 @@ TABLE: list[Row] = [
     row("GET",   "/api/webhooks/{webhook}/deliveries/",   401,   200,   404,   200,   200),
     row("POST",  "/api/webhooks/{webhook}/test/",         401,   202,   404,   403,   403),
     row("GET",   "/api/webhooks/deliveries/{delivery}/",  401,   200,   404,   200,   200),
-    row("POST",  "/api/webhooks/deliveries/{delivery}/replay/", 401, 202, 404,  403,   403),
+    row("POST",  "/api/webhooks/deliveries/{delivery}/replay/", 401, 202, 404,  403,   202),
     # --- operators. No worker runs here, so /health/ reports the workers check failing.
     row("GET",   "/health/",                              503,   503,   503,   503,   503),
     # The metrics token or a staff session; requests from loopback are not trusted.

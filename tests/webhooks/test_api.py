@@ -1,9 +1,10 @@
 """The webhooks API: registering endpoints, their secret, who sees and changes what."""
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import override_settings
 
-from jobs.models import Job
+from jobs.models import Job, OperatorAction
 from webhooks.models import Event, WebhookDelivery, WebhookEndpoint
 from webhooks.services import DELIVER
 
@@ -143,7 +144,55 @@ def test_staff_see_every_endpoint_but_change_only_their_own(api, staff_api):
     assert staff_api.post(base + "rotate-secret/").status_code == 403
     assert staff_api.request("PATCH", base, json={"active": False}).status_code == 403
     assert staff_api.delete(base).status_code == 403
+    assert staff_api.post(base + "test/").status_code == 403
     assert WebhookEndpoint.objects.get(id=endpoint["id"]).secret == endpoint["secret"]
+    assert not WebhookDelivery.objects.exists()
+
+
+def test_staff_replay_another_users_delivery_with_the_permission_audited(
+    api, staff_api, staff_user
+):
+    endpoint = register(api).json()
+    original = api.post(f"/api/webhooks/{endpoint['id']}/test/").json()
+    replay = f"/api/webhooks/deliveries/{original['id']}/replay/"
+
+    refused = staff_api.post(replay)
+
+    assert refused.status_code == 403
+    assert "webhooks.replay_webhookdelivery" in refused.json()["detail"]
+    assert WebhookDelivery.objects.count() == 1
+    assert not OperatorAction.objects.exists()
+
+    staff_user.user_permissions.add(Permission.objects.get(codename="replay_webhookdelivery"))
+    replayed = staff_api.post(replay)
+
+    assert replayed.status_code == 202
+    again = WebhookDelivery.objects.get(id=replayed.json()["id"])
+    assert (str(again.replay_of_id), str(again.endpoint_id)) == (original["id"], endpoint["id"])
+    action = OperatorAction.objects.get()
+    assert (action.actor, action.action, action.target_kind, action.target, action.via) == (
+        staff_user,
+        "replay",
+        "webhook_delivery",
+        original["id"],
+        "api",
+    )
+    assert action.detail == {"replay": str(again.id)}
+
+
+def test_an_owners_replay_is_audited_too(api, user):
+    endpoint = register(api).json()
+    original = api.post(f"/api/webhooks/{endpoint['id']}/test/").json()
+
+    replayed = api.post(f"/api/webhooks/deliveries/{original['id']}/replay/").json()
+
+    action = OperatorAction.objects.get()
+    assert (action.actor, action.target, action.via, action.detail) == (
+        user,
+        original["id"],
+        "api",
+        {"replay": replayed["id"]},
+    )
 
 
 def test_strangers_are_refused(anonymous_api, api):
