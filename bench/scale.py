@@ -480,9 +480,9 @@ def add_follow_up_rows(users: dict[str, Any], history: int) -> dict[str, int]:
             "VACUUM (ANALYZE) jobs_job, jobs_batch, jobs_jobdependency, webhooks_webhookdelivery"
         )
     return {
-        "dependencies catch-up": DEPENDENTS_READY,
-        "batches catch-up": BATCHES_READY,
-        "webhooks catch-up": missing,
+        "dependencies catch-up, full": DEPENDENTS_READY,
+        "batches catch-up, full": BATCHES_READY,
+        "webhooks catch-up, full": missing,
     }
 
 
@@ -582,7 +582,9 @@ def sweepers() -> dict[str, Callable[[], Any]]:
 
 
 def work_done(name: str, outcome: Any) -> int:
-    return sum(outcome.values()) if isinstance(outcome, dict) else int(outcome)
+    if isinstance(outcome, dict):
+        return sum(outcome.values())
+    return int(getattr(outcome, "done", outcome))
 
 
 # --- plans ---------------------------------------------------------------------------
@@ -634,10 +636,18 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+def _grows(scan: dict[str, Any]) -> bool:
+    """A sequential scan of a job table, or of another table that grows with the history
+    once it reads more rows than a large sort (small, it is the planner's best choice)."""
+    table = scan.get("Relation Name")
+    read = (scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)) * scan["Actual Loops"]
+    return table in JOB_TABLES or (table in PLAN_TABLES and read > BIG_SORT)
+
+
 def plan_problems(plan: dict[str, Any]) -> list[str]:
     problems = []
     for node in _nodes(plan):
-        if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in PLAN_TABLES:
+        if node["Node Type"] == "Seq Scan" and _grows(node):
             problems.append(f"Seq Scan on {node['Relation Name']}")
         if node["Node Type"] in ("Sort", "Incremental Sort"):
             sorted_rows = sum(c["Actual Rows"] * c["Actual Loops"] for c in node.get("Plans", []))
@@ -798,18 +808,30 @@ def activate(size: Size, users: dict[str, Any]) -> dict[str, Any]:
 
 
 def catch_ups() -> dict[str, Callable[[], Any]]:
-    """Each follow-up's catch-up (jobs/followups.py), the webhooks' one without the cache
-    that runs it once a minute."""
+    """Each follow-up's catch-up (jobs/followups.py) as a full pass (no mark yet, or once
+    per JOBS_FOLLOW_UP_FULL_PASS_EVERY) and from its mark (every other pass: the mark of
+    a pass a sweep interval ago, less the lag); the webhooks' one without the cache that
+    runs it once a minute."""
+    from datetime import timedelta
+
+    from django.conf import settings
     from django.utils import timezone
 
     from jobs import batches, dependencies
     from webhooks import services
 
-    return {
-        "dependencies catch-up": lambda: dependencies.catch_up(timezone.now()),
-        "batches catch-up": lambda: batches.catch_up(timezone.now()),
-        "webhooks catch-up": lambda: services.catch_up(timezone.now()),
-    }
+    def mark() -> Any:
+        return timezone.now() - timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG + 5)
+
+    passes: dict[str, Callable[[], Any]] = {}
+    for name, catch_up in (
+        ("dependencies", dependencies.catch_up),
+        ("batches", batches.catch_up),
+        ("webhooks", services.catch_up),
+    ):
+        passes[f"{name} catch-up, full"] = lambda c=catch_up: c(timezone.now(), None)
+        passes[f"{name} catch-up, from its mark"] = lambda c=catch_up: c(timezone.now(), mark())
+    return passes
 
 
 def measure_sweepers(
@@ -902,7 +924,9 @@ def main() -> harness.Results:
         if done != EXPECTED_WORK:
             raise AssertionError(f"At {rows:,} rows the passes did {done}")
     for rows, done in catch_up_work.items():
-        if done != expected_catch_ups[rows]:
+        if {k: v for k, v in done.items() if k in expected_catch_ups[rows]} != expected_catch_ups[
+            rows
+        ]:
             raise AssertionError(
                 f"At {rows:,} rows the catch-ups did {done}, not {expected_catch_ups[rows]}"
             )

@@ -376,17 +376,32 @@ def settle_batches_of(jobs: Iterable[Job]) -> None:
         settle(batch_id)
 
 
-def catch_up(now: datetime) -> int:
+def catch_up(now: datetime, since: datetime | None = None) -> followups.CaughtUp:
     """Settle the running batches none of whose jobs is queued or running any more (a
-    crash came between their last job's end and its follow-up). Returns how many."""
-    active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
-    ready = (
-        Batch.objects.filter(state=BatchState.RUNNING, created_at__lte=now)
-        .exclude(Exists(active))
-        .order_by("created_at")
-        .values_list("id", flat=True)[: settings.JOBS_SWEEP_BATCH]
-    )
-    return sum(settle(batch_id) for batch_id in list(ready))
+    crash came between their last job's end and its follow-up): with `since`, the
+    batches of the jobs that ended since then; without, every running batch."""
+    limit = settings.JOBS_SWEEP_BATCH
+    if since is None:
+        active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+        ready = list(
+            Batch.objects.filter(state=BatchState.RUNNING, created_at__lte=now)
+            .exclude(Exists(active))
+            .order_by("created_at")
+            .values_list("id", flat=True)[: limit + 1]
+        )
+    else:
+        # Through job_ended: the jobs that ended since, their batches.
+        ended = (
+            Job.objects.filter(
+                status__in=FINISHED_STATUSES, finished_at__gte=since, batch__isnull=False
+            )
+            .order_by()
+            .values_list("batch_id", flat=True)
+        )
+        running = Batch.objects.filter(id__in=ended, state=BatchState.RUNNING)
+        ready = list(running.order_by().values_list("id", flat=True)[: limit + 1])
+    settled = sum(settle(batch_id) for batch_id in ready[:limit])
+    return followups.CaughtUp(settled, len(ready) <= limit)
 
 
 def register_follow_up() -> None:
