@@ -350,6 +350,10 @@ BATCHES, BATCH_JOBS, BATCHES_READY = 200, 10, 20
 SETTLED_SHARE = 0.01
 DEPENDENTS, DEPENDENTS_READY = 500, 50
 ENDED = "('succeeded', 'failed', 'cancelled', 'expired')"
+# A catch-up from its mark is measured as the pass after one that began when the rows
+# above were added, a sweep interval before: since that time less the lag (per database).
+SWEEP_INTERVAL = 5
+MARKS: dict[str, Any] = {}
 
 
 def _insert_jobs(cursor, count: int, columns: dict[str, str], params: dict[str, Any]) -> list:
@@ -395,6 +399,7 @@ def add_follow_up_rows(users: dict[str, Any], history: int) -> dict[str, int]:
     """Insert the rows the catch-ups look at (see RECENT_ENDS); what each should do."""
     from datetime import timedelta
 
+    from django.conf import settings
     from django.db import connection
     from django.utils import timezone
 
@@ -402,6 +407,9 @@ def add_follow_up_rows(users: dict[str, Any], history: int) -> dict[str, int]:
     from webhooks.models import Event, WebhookEndpoint
 
     now = timezone.now()
+    MARKS[connection.settings_dict["NAME"]] = now - timedelta(
+        seconds=settings.JOBS_FOLLOW_UP_LAG + SWEEP_INTERVAL
+    )
     bench, other = users["bench"], users["others"][0]
     owners = {"owners": [bench.id, bench.id, other.id, None]}
     for owner in (bench, other):
@@ -450,15 +458,26 @@ def add_follow_up_rows(users: dict[str, Any], history: int) -> dict[str, int]:
             },
             {"batches": [str(b.id) for b in running]},
         )
-        (succeeded,) = _insert_jobs(
-            cursor, 1, {**_ended("interval '10 minutes'"), "status": "'succeeded'"}, owners
-        )
+        # Half the ready dependents wait on a job that ended before the mark, half on
+        # one that ended after it.
+        succeeded = [
+            _insert_jobs(
+                cursor, 1, {**_ended(f"interval '{ago}'"), "status": "'succeeded'"}, owners
+            )[0]
+            for ago in ("10 minutes", "30 seconds")
+        ]
         running_columns = next(c for name, _n, c in ACTIVE_ROWS if name == "running")
         (still_running,) = _insert_jobs(cursor, 1, running_columns, owners)
-        waiting = _insert_jobs(cursor, DEPENDENTS, {"held": "'dependencies'"}, owners)
+        waiting = _insert_jobs(
+            cursor,
+            DEPENDENTS,
+            {"held": "'dependencies'", "created_at": "now() - interval '20 minutes'"},
+            owners,
+        )
         JobDependency.objects.bulk_create(
             JobDependency(
-                job_id=job_id, depends_on_id=succeeded if i < DEPENDENTS_READY else still_running
+                job_id=job_id,
+                depends_on_id=succeeded[i % 2] if i < DEPENDENTS_READY else still_running,
             )
             for i, job_id in enumerate(waiting)
         )
@@ -809,19 +828,16 @@ def activate(size: Size, users: dict[str, Any]) -> dict[str, Any]:
 
 def catch_ups() -> dict[str, Callable[[], Any]]:
     """Each follow-up's catch-up (jobs/followups.py) as a full pass (no mark yet, or once
-    per JOBS_FOLLOW_UP_FULL_PASS_EVERY) and from its mark (every other pass: the mark of
-    a pass a sweep interval ago, less the lag); the webhooks' one without the cache that
-    runs it once a minute."""
-    from datetime import timedelta
-
-    from django.conf import settings
+    per JOBS_FOLLOW_UP_FULL_PASS_EVERY) and from its mark (every other pass: see MARKS);
+    the webhooks' one without the cache that runs it once a minute."""
+    from django.db import connection
     from django.utils import timezone
 
     from jobs import batches, dependencies
     from webhooks import services
 
     def mark() -> Any:
-        return timezone.now() - timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG + 5)
+        return MARKS[connection.settings_dict["NAME"]]
 
     passes: dict[str, Callable[[], Any]] = {}
     for name, catch_up in (

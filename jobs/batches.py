@@ -390,15 +390,11 @@ def catch_up(now: datetime, since: datetime | None = None) -> followups.CaughtUp
             .values_list("id", flat=True)[: limit + 1]
         )
     else:
-        # Through job_ended: the jobs that ended since, their batches.
-        ended = (
-            Job.objects.filter(
-                status__in=FINISHED_STATUSES, finished_at__gte=since, batch__isnull=False
-            )
-            .order_by()
-            .values_list("batch_id", flat=True)
-        )
-        running = Batch.objects.filter(id__in=ended, state=BatchState.RUNNING)
+        # Through job_ended alone: the jobs that ended since (a filter on batch_id would
+        # draw in job_batch_status, all of whose entries match it).
+        ended = Job.objects.filter(status__in=FINISHED_STATUSES, finished_at__gte=since)
+        batch_ids = {b for b in ended.order_by().values_list("batch_id", flat=True) if b}
+        running = Batch.objects.filter(id__in=batch_ids, state=BatchState.RUNNING)
         ready = list(running.order_by().values_list("id", flat=True)[: limit + 1])
     settled = sum(settle(batch_id) for batch_id in ready[:limit])
     return followups.CaughtUp(settled, len(ready) <= limit)
