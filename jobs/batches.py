@@ -394,8 +394,13 @@ def catch_up(now: datetime, since: datetime | None = None) -> followups.CaughtUp
         # draw in job_batch_status, all of whose entries match it).
         ended = Job.objects.filter(status__in=FINISHED_STATUSES, finished_at__gte=since)
         batch_ids = {b for b in ended.order_by().values_list("batch_id", flat=True) if b}
+        active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
         running = Batch.objects.filter(id__in=batch_ids, state=BatchState.RUNNING)
-        ready = list(running.order_by().values_list("id", flat=True)[: limit + 1])
+        # Only the batches ready to settle count towards the limit: the others cannot
+        # hold the follow-up's mark back.
+        ready = list(
+            running.exclude(Exists(active)).order_by().values_list("id", flat=True)[: limit + 1]
+        )
     settled = sum(settle(batch_id) for batch_id in ready[:limit])
     return followups.CaughtUp(settled, len(ready) <= limit)
 

@@ -229,25 +229,38 @@ def _decidable():
 
 
 def _waiting_since(since: datetime, limit: int) -> list[Any]:
-    """Up to `limit` waiting jobs created since `since` or waiting on a job that ended
-    since then (through job_ended, jobdependency's depends_on index and
-    job_waiting_dependencies: the rows read are the recent ends and their dependents)."""
+    """Up to `limit` waiting jobs that could be decided, among those created since
+    `since` and those waiting on a job that ended since then (through job_ended,
+    jobdependency's depends_on index and job_waiting_dependencies: the rows read are the
+    recent ends and their dependents). Only the decidable ones count towards `limit`, so
+    that jobs still waiting cannot hold the follow-up's mark back."""
     waiting = Q(job__status=Status.QUEUED, job__held=Held.DEPENDENCIES)
-    after_ends = (
-        JobDependency.objects.filter(
-            waiting,
-            depends_on__status__in=FINISHED_STATUSES,
-            depends_on__finished_at__gte=since,
-        )
-        .order_by()
-        .values_list("job_id", flat=True)[:limit]
-    )
-    created = (
-        Job.objects.filter(status=Status.QUEUED, held=Held.DEPENDENCIES, created_at__gte=since)
-        .order_by("created_at")
-        .values_list("id", flat=True)[:limit]
-    )
-    return list(dict.fromkeys([*created, *after_ends]))[:limit]
+    after_ends = JobDependency.objects.filter(
+        waiting,
+        depends_on__status__in=FINISHED_STATUSES,
+        depends_on__finished_at__gte=since,
+    ).values_list("job_id", "job__on_dependency_failure")
+    created = Job.objects.filter(
+        status=Status.QUEUED, held=Held.DEPENDENCIES, created_at__gte=since
+    ).values_list("id", "on_dependency_failure")
+    policies = dict(created.order_by("created_at")) | dict(after_ends.order_by())
+    if not policies:
+        return []
+    statuses: dict[Any, list[str]] = {job_id: [] for job_id in policies}
+    for job_id, status in JobDependency.objects.filter(job_id__in=list(policies)).values_list(
+        "job_id", "depends_on__status"
+    ):
+        statuses[job_id].append(status)
+    return [
+        job_id for job_id, policy in policies.items() if _could_decide(policy, statuses[job_id])
+    ][:limit]
+
+
+def _could_decide(policy: str, statuses: list[str]) -> bool:
+    """Whether a job waiting on dependencies in `statuses` is released or cancelled now."""
+    failed = any(status in RETRYABLE_STATUSES for status in statuses)
+    active = any(status in ACTIVE_STATUSES for status in statuses)
+    return not active or (failed and policy == OnDependencyFailure.CANCEL)
 
 
 def register() -> None:

@@ -280,6 +280,25 @@ def test_a_batch_whose_last_end_is_older_than_the_lag_is_settled_by_the_full_pas
     assert batch.state == BatchState.SUCCEEDED
 
 
+def test_batches_still_running_do_not_hold_the_catch_ups_mark_back(user, settings):
+    settings.JOBS_SWEEP_BATCH = 1
+    now = timezone.now()
+    followups.catch_up(now)
+    running = [create_batch(sleeps(2), owner=user) for _ in range(2)]
+    for batch in running:
+        finish_behind_the_follow_ups(Job.objects.filter(batch=batch).first())
+    ready = create_batch(sleeps(1), owner=user)
+    finish_behind_the_follow_ups(Job.objects.get(batch=ready))
+
+    later = now + timedelta(seconds=5)
+    assert followups.catch_up(later) == 1
+
+    ready.refresh_from_db()
+    assert ready.state == BatchState.SUCCEEDED
+    assert all(Batch.objects.get(id=b.id).state == BatchState.RUNNING for b in running)
+    assert FollowUpMark.objects.get(name="batches").caught_up_to == later
+
+
 def test_the_catch_up_leaves_a_batch_with_a_job_still_queued(user):
     batch = create_batch(sleeps(2), owner=user, on_complete=NOOP)
     finish_behind_the_follow_ups(Job.objects.filter(batch=batch).first())

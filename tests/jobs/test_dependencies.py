@@ -352,6 +352,24 @@ def test_an_end_stamped_before_the_mark_is_caught_up_within_the_lag_or_by_a_full
     assert reloaded(older).held == Held.NO
 
 
+def test_jobs_still_waiting_do_not_hold_the_catch_ups_mark_back(step, user, settings):
+    settings.JOBS_SWEEP_BATCH = 2
+    now = timezone.now()
+    followups.catch_up(now)
+    blocker = create(step, user)
+    still = [create(step, user, depends_on=[blocker.id]) for _ in range(3)]
+    first = create(step, user)
+    ready = create(step, user, depends_on=[first.id])
+    end_in_store(first, Status.SUCCEEDED)
+
+    later = now + timedelta(seconds=5)
+    assert followups.catch_up(later) == 1
+
+    assert reloaded(ready).held == Held.NO
+    assert all(reloaded(job).held == Held.DEPENDENCIES for job in still)
+    assert FollowUpMark.objects.get(name="dependencies").caught_up_to == later
+
+
 # --- concurrency (PostgreSQL) -------------------------------------------------------------------
 
 postgres_only = pytest.mark.skipif(
