@@ -10,10 +10,13 @@ Measured at both sizes, in turns (10 k, 1 M, 10 k, ...) so that the rest of the 
 weighs on both alike: the first and the hundredth page of `GET /api/jobs/` (the real view,
 with a JWT) as a user (owner filter) and as staff, each without and with
 `?status=failed`; one pass of `dispatch_due`, `recover_stalled` and `purge_finished`,
-each in a transaction rolled back after, so every pass meets the same rows. A figure is
-the median time at 1 M divided by the median at 10 k. The plan of every statement these
-send is printed (EXPLAIN ANALYZE, replayed in a transaction rolled back after) and
-checked: no sequential scan of a job table, no sort of more than 1,000 rows.
+each in a transaction rolled back after, so every pass meets the same rows; then, with
+the rows the follow-ups look at added (RECENT_ENDS), each follow-up's catch-up as a full
+pass and from its mark, rolled back in the same way. A figure is the median time at 1 M
+divided by the median at 10 k. The plan of every statement these send is printed
+(EXPLAIN ANALYZE, replayed in a transaction rolled back after) and checked: no
+sequential scan of a job table (nor of the batches, dependencies or deliveries once it
+reads more than 1,000 rows), no sort of more than 1,000 rows.
 """
 
 from __future__ import annotations
@@ -138,6 +141,8 @@ KEEP_HISTORY = {
 }
 
 JOB_TABLES = {"jobs_job", "jobs_jobevent"}
+# Tables that grow with the job history: none may be read through.
+PLAN_TABLES = JOB_TABLES | {"jobs_batch", "jobs_jobdependency", "webhooks_webhookdelivery"}
 BIG_SORT = 1000  # rows; a sort of more than this in a page or a pass grows with the table
 
 
@@ -334,6 +339,176 @@ def add_active_rows(users: dict[str, Any]) -> None:
         )
 
 
+# The rows the follow-ups' catch-ups look at, the same at both sizes, added once the
+# sweeper passes are measured. RECENT_ENDS jobs ended within the last hour; two users
+# have a webhook endpoint since before the history began, and every end of theirs has
+# its delivery but every MISSED_EVERY-th recent one (the history's ends included, so the
+# deliveries grow with the table). BATCHES batches run, the first BATCHES_READY with all
+# their jobs ended, the others with one still queued; settled batches (without jobs),
+# SETTLED_SHARE of the history's job count, spread over it. DEPENDENTS jobs wait for
+# another one, DEPENDENTS_READY of them for a job that succeeded (half before the mark,
+# half after), the others for a running one.
+RECENT_ENDS = 3000
+MISSED_EVERY = 100
+BATCHES, BATCH_JOBS, BATCHES_READY = 200, 10, 20
+SETTLED_SHARE = 0.01
+DEPENDENTS, DEPENDENTS_READY = 500, 50
+ENDED = "('succeeded', 'failed', 'cancelled', 'expired')"
+# A catch-up from its mark is measured as the pass after one that began when the rows
+# above were added, a sweep interval before: since that time less the lag (per database).
+SWEEP_INTERVAL = 5
+MARKS: dict[str, Any] = {}
+
+
+def _insert_jobs(cursor, count: int, columns: dict[str, str], params: dict[str, Any]) -> list:
+    """Insert `count` owned jobs (g = 1..count in `columns`' expressions); their ids."""
+    columns = {
+        **ACTIVE_DEFAULTS,
+        "owner_id": "(%(owners)s::bigint[])[1 + mod(g, 4)]",
+        "payload": "jsonb_build_object('n', g)",
+        "batch_id": "NULL",
+        "held": "''",
+        **columns,
+    }
+    cursor.execute(
+        f"INSERT INTO jobs_job ({JOB_COLUMNS}, batch_id, held) "
+        "SELECT gen_random_uuid(), (%(types)s::text[])[1 + mod(g, %(owned_n)s)], "
+        f"{columns['owner_id']}, {columns['payload']}, NULL, '', "
+        f"{columns['status']}, 0, {columns['message']}, {columns['attempts']}, 3, "
+        f"{columns['stalled_count']}, 5, (%(queues)s::text[])[1 + mod(g, %(owned_n)s)], "
+        f"NULL, {columns['run_at']}, {columns['dispatched_at']}, "
+        f"{columns['heartbeat_at']}, false, {columns['created_at']}, "
+        f"{columns['started_at']}, {columns['finished_at']}, {columns['updated_at']}, "
+        f"{columns['batch_id']}, {columns['held']} "
+        "FROM generate_series(1, %(count)s) AS g ORDER BY g RETURNING id",
+        {**_type_arrays(), **params, "count": count},
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _ended(ago: str) -> dict[str, str]:
+    return {
+        "status": "(ARRAY['succeeded', 'failed', 'cancelled'])[1 + mod(g, 3)]",
+        "attempts": "1",
+        "message": "'Done'",
+        "created_at": f"now() - ({ago}) - interval '2 seconds'",
+        "dispatched_at": f"now() - ({ago}) - interval '2 seconds'",
+        "started_at": f"now() - ({ago}) - interval '1 second'",
+        "finished_at": f"now() - ({ago})",
+        "updated_at": f"now() - ({ago})",
+    }
+
+
+def add_follow_up_rows(users: dict[str, Any], history: int) -> dict[str, int]:
+    """Insert the rows the catch-ups look at (see RECENT_ENDS); what each should do."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.db import connection
+    from django.utils import timezone
+
+    from jobs.models import Batch, BatchState, JobDependency
+    from webhooks.models import Event, WebhookEndpoint
+
+    now = timezone.now()
+    MARKS[connection.settings_dict["NAME"]] = now - timedelta(
+        seconds=settings.JOBS_FOLLOW_UP_LAG + SWEEP_INTERVAL
+    )
+    bench, other = users["bench"], users["others"][0]
+    owners = {"owners": [bench.id, bench.id, other.id, None]}
+    for owner in (bench, other):
+        WebhookEndpoint.objects.create(
+            owner=owner, url=f"https://hooks.example.com/{owner.username}", events=Event.values
+        )
+    WebhookEndpoint.objects.update(created_at=now - timedelta(days=HISTORY_DAYS + 1))
+    settled = [
+        Batch(
+            owner=bench,
+            state=BatchState.SUCCEEDED,
+            created_at=now - timedelta(hours=2, days=HISTORY_DAYS * i / (history * SETTLED_SHARE)),
+        )
+        for i in range(int(history * SETTLED_SHARE))
+    ]
+    for batch in settled:
+        batch.finished_at = batch.created_at + timedelta(seconds=30)
+    Batch.objects.bulk_create(settled, batch_size=5000)
+    running = Batch.objects.bulk_create(
+        Batch(owner=bench, created_at=now - timedelta(minutes=30, seconds=i))
+        for i in range(BATCHES)
+    )
+    with connection.cursor() as cursor:
+        missed = (
+            f"CASE WHEN mod(g, {MISSED_EVERY}) = 0 THEN jsonb_build_object('missed', g) "
+            "ELSE jsonb_build_object('n', g) END"
+        )
+        _insert_jobs(
+            cursor,
+            RECENT_ENDS,
+            {**_ended(f"interval '3500 seconds' * g / {RECENT_ENDS}"), "payload": missed},
+            owners,
+        )
+        in_batch = _ended("interval '1 second' * g")
+        _insert_jobs(
+            cursor,
+            BATCHES * BATCH_JOBS,
+            {
+                **in_batch,
+                "owner_id": str(bench.id),
+                "batch_id": f"(%(batches)s::uuid[])[1 + (g - 1) / {BATCH_JOBS}]",
+                "status": f"CASE WHEN (g - 1) / {BATCH_JOBS} >= {BATCHES_READY} "
+                f"AND mod(g - 1, {BATCH_JOBS}) = 0 THEN 'queued' ELSE 'succeeded' END",
+                "finished_at": f"CASE WHEN (g - 1) / {BATCH_JOBS} >= {BATCHES_READY} "
+                f"AND mod(g - 1, {BATCH_JOBS}) = 0 THEN NULL ELSE {in_batch['finished_at']} END",
+            },
+            {"batches": [str(b.id) for b in running]},
+        )
+        # Half the ready dependents wait on a job that ended before the mark, half on
+        # one that ended after it.
+        succeeded = [
+            _insert_jobs(
+                cursor, 1, {**_ended(f"interval '{ago}'"), "status": "'succeeded'"}, owners
+            )[0]
+            for ago in ("10 minutes", "30 seconds")
+        ]
+        running_columns = next(c for name, _n, c in ACTIVE_ROWS if name == "running")
+        (still_running,) = _insert_jobs(cursor, 1, running_columns, owners)
+        waiting = _insert_jobs(
+            cursor,
+            DEPENDENTS,
+            {"held": "'dependencies'", "created_at": "now() - interval '20 minutes'"},
+            owners,
+        )
+        JobDependency.objects.bulk_create(
+            JobDependency(
+                job_id=job_id,
+                depends_on_id=succeeded[i % 2] if i < DEPENDENTS_READY else still_running,
+            )
+            for i, job_id in enumerate(waiting)
+        )
+        cursor.execute(
+            "INSERT INTO webhooks_webhookdelivery (id, endpoint_id, event, subject_id, payload, "
+            "replay_of_id, status, attempts, response_status, last_error, job_id, created_at, "
+            "updated_at, delivered_at) "
+            "SELECT gen_random_uuid(), e.id, 'job.' || j.status, j.id::text, '{}'::jsonb, NULL, "
+            "'delivered', 1, 200, '', NULL, j.finished_at, j.finished_at, j.finished_at "
+            "FROM jobs_job j JOIN webhooks_webhookendpoint e ON e.owner_id = j.owner_id "
+            f"WHERE j.status IN {ENDED} AND NOT (j.payload ? 'missed')",
+        )
+        cursor.execute(
+            "SELECT count(*) FROM jobs_job j JOIN webhooks_webhookendpoint e "
+            "ON e.owner_id = j.owner_id WHERE j.payload ? 'missed'"
+        )
+        (missing,) = cursor.fetchone()
+        cursor.execute(
+            "VACUUM (ANALYZE) jobs_job, jobs_batch, jobs_jobdependency, webhooks_webhookdelivery"
+        )
+    return {
+        "dependencies catch-up, full": DEPENDENTS_READY,
+        "batches catch-up, full": BATCHES_READY,
+        "webhooks catch-up, full": missing,
+    }
+
+
 def vacuum_analyze() -> None:
     """What autovacuum does to a table that has settled: statistics and the visibility
     map (index-only scans)."""
@@ -430,7 +605,9 @@ def sweepers() -> dict[str, Callable[[], Any]]:
 
 
 def work_done(name: str, outcome: Any) -> int:
-    return sum(outcome.values()) if isinstance(outcome, dict) else int(outcome)
+    if isinstance(outcome, dict):
+        return sum(outcome.values())
+    return int(getattr(outcome, "done", outcome))
 
 
 # --- plans ---------------------------------------------------------------------------
@@ -482,10 +659,18 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+def _grows(scan: dict[str, Any]) -> bool:
+    """A sequential scan of a job table, or of another table that grows with the history
+    once it reads more rows than a large sort (small, it is the planner's best choice)."""
+    table = scan.get("Relation Name")
+    read = (scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)) * scan["Actual Loops"]
+    return table in JOB_TABLES or (table in PLAN_TABLES and read > BIG_SORT)
+
+
 def plan_problems(plan: dict[str, Any]) -> list[str]:
     problems = []
     for node in _nodes(plan):
-        if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in JOB_TABLES:
+        if node["Node Type"] == "Seq Scan" and _grows(node):
             problems.append(f"Seq Scan on {node['Relation Name']}")
         if node["Node Type"] in ("Sort", "Incremental Sort"):
             sorted_rows = sum(c["Actual Rows"] * c["Actual Loops"] for c in node.get("Plans", []))
@@ -645,10 +830,36 @@ def activate(size: Size, users: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
-def measure_sweepers(sizes: list[Size], times: dict, plans: dict) -> dict[int, dict]:
-    """One pass of each sweeper at each size, timed side by side; returns the work done."""
+def catch_ups() -> dict[str, Callable[[], Any]]:
+    """Each follow-up's catch-up (jobs/followups.py) as a full pass (no mark yet, or once
+    per JOBS_FOLLOW_UP_FULL_PASS_EVERY) and from its mark (every other pass: see MARKS);
+    the webhooks' one without the cache that runs it once a minute."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from jobs import batches, dependencies
+    from webhooks import services
+
+    def mark() -> Any:
+        return MARKS[connection.settings_dict["NAME"]]
+
+    passes: dict[str, Callable[[], Any]] = {}
+    for name, catch_up in (
+        ("dependencies", dependencies.catch_up),
+        ("batches", batches.catch_up),
+        ("webhooks", services.catch_up),
+    ):
+        passes[f"{name} catch-up, full"] = lambda c=catch_up: c(timezone.now(), None)
+        passes[f"{name} catch-up, from its mark"] = lambda c=catch_up: c(timezone.now(), mark())
+    return passes
+
+
+def measure_sweepers(
+    sizes: list[Size], times: dict, plans: dict, passes: dict[str, Callable[[], Any]]
+) -> dict[int, dict]:
+    """One run of each of `passes` at each size, timed side by side; the work done."""
     work: dict[int, dict[str, int]] = {size.rows: {} for size in sizes}
-    for name, sweep in sweepers().items():
+    for name, sweep in passes.items():
         for size in sizes:
             with size.current():
                 work[size.rows][name] = work_done(name, rolled_back(sweep))
@@ -717,7 +928,12 @@ def main() -> harness.Results:
     times: dict[str, dict[int, float]] = {}
     plans: dict[int, dict[str, list]] = {size.rows: {} for size in sizes}
     with history_kept():
-        work = measure_sweepers(sizes, times, plans)
+        work = measure_sweepers(sizes, times, plans, sweepers())
+    expected_catch_ups = {}
+    for size in sizes:
+        with size.current():
+            expected_catch_ups[size.rows] = add_follow_up_rows(users, size.rows)
+    catch_up_work = measure_sweepers(sizes, times, plans, catch_ups())
     measure_pages(sizes, users, times, plans)
     harness.flush_broker()
     for size in sizes:
@@ -727,13 +943,20 @@ def main() -> harness.Results:
     for rows, done in work.items():
         if done != EXPECTED_WORK:
             raise AssertionError(f"At {rows:,} rows the passes did {done}")
+    for rows, done in catch_up_work.items():
+        if {k: v for k, v in done.items() if k in expected_catch_ups[rows]} != expected_catch_ups[
+            rows
+        ]:
+            raise AssertionError(
+                f"At {rows:,} rows the catch-ups did {done}, not {expected_catch_ups[rows]}"
+            )
     for key, by_size in times.items():
         ratio = by_size[large.rows] / by_size[small.rows]
         note = (
             f"{by_size[small.rows] * 1000:.2f} ms at {small.label}, "
             f"{by_size[large.rows] * 1000:.2f} ms at {large.label}"
         )
-        if key.startswith("purge_finished"):
+        if key.startswith("purge_finished") and "purge_finished" in plans[small.rows]:
             check = {size.rows: count_check_ms(plans[size.rows]) for size in sizes}
             note += (
                 f"; of a pass, the retention count check (OFFSET keep) took "
@@ -766,6 +989,7 @@ def main() -> harness.Results:
     results.detail("rows", setup)
     results.detail("load_seconds", load_seconds)
     results.detail("work", work)
+    results.detail("catch_up_work", catch_up_work)
     results.detail("plan_problems", problems)
     results.detail("plans", plans)
     results.write()

@@ -376,17 +376,33 @@ def settle_batches_of(jobs: Iterable[Job]) -> None:
         settle(batch_id)
 
 
-def catch_up(now: datetime) -> int:
+def catch_up(now: datetime, since: datetime | None = None) -> followups.CaughtUp:
     """Settle the running batches none of whose jobs is queued or running any more (a
-    crash came between their last job's end and its follow-up). Returns how many."""
-    active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
-    ready = (
-        Batch.objects.filter(state=BatchState.RUNNING, created_at__lte=now)
-        .exclude(Exists(active))
-        .order_by("created_at")
-        .values_list("id", flat=True)[: settings.JOBS_SWEEP_BATCH]
-    )
-    return sum(settle(batch_id) for batch_id in list(ready))
+    crash came between their last job's end and its follow-up): with `since`, the
+    batches of the jobs that ended since then; without, every running batch."""
+    limit = settings.JOBS_SWEEP_BATCH
+    if since is None:
+        active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+        ready = list(
+            Batch.objects.filter(state=BatchState.RUNNING, created_at__lte=now)
+            .exclude(Exists(active))
+            .order_by("created_at")
+            .values_list("id", flat=True)[: limit + 1]
+        )
+    else:
+        # Through job_ended alone: the jobs that ended since (a filter on batch_id would
+        # draw in job_batch_status, all of whose entries match it).
+        ended = Job.objects.filter(status__in=FINISHED_STATUSES, finished_at__gte=since)
+        batch_ids = {b for b in ended.order_by().values_list("batch_id", flat=True) if b}
+        active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+        running = Batch.objects.filter(id__in=batch_ids, state=BatchState.RUNNING)
+        # Only the batches ready to settle count towards the limit: the others cannot
+        # hold the follow-up's mark back.
+        ready = list(
+            running.exclude(Exists(active)).order_by().values_list("id", flat=True)[: limit + 1]
+        )
+    settled = sum(settle(batch_id) for batch_id in ready[:limit])
+    return followups.CaughtUp(settled, len(ready) <= limit)
 
 
 def register_follow_up() -> None:

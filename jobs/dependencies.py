@@ -36,6 +36,7 @@ from . import followups
 from .dispatch import dispatch
 from .models import (
     ACTIVE_STATUSES,
+    FINISHED_STATUSES,
     RETRYABLE_STATUSES,
     Held,
     Job,
@@ -202,19 +203,64 @@ def after_end(jobs: list[Job]) -> None:
     settle(list(waiting))
 
 
-def catch_up(now: datetime) -> int:
-    """Decide for the waiting jobs that could be decided (every dependency ended, or one
-    did not succeed and they cancel): their follow-up was lost to a crash."""
+def catch_up(now: datetime, since: datetime | None = None) -> followups.CaughtUp:
+    """Decide for the waiting jobs whose follow-up a crash may have lost: with `since`,
+    those waiting on a job that ended since then and those created since then (their
+    creator's re-check lost); without, every waiting job that could be decided (every
+    dependency ended, or one did not succeed and they cancel)."""
+    limit = settings.JOBS_SWEEP_BATCH
+    if since is None:
+        candidates = list(_decidable()[: limit + 1])
+    else:
+        candidates = _waiting_since(since, limit + 1)
+    return followups.CaughtUp(settle(candidates[:limit], now), len(candidates) <= limit)
+
+
+def _decidable():
     dependency = JobDependency.objects.filter(job_id=OuterRef("id"))
     active = Exists(dependency.filter(depends_on__status__in=ACTIVE_STATUSES))
     failed = Exists(dependency.filter(depends_on__status__in=RETRYABLE_STATUSES))
-    decidable = (
+    return (
         Job.objects.filter(status=Status.QUEUED, held=Held.DEPENDENCIES)
         .filter(~active | (Q(on_dependency_failure=OnDependencyFailure.CANCEL) & failed))
         .order_by("created_at")
-        .values_list("id", flat=True)[: settings.JOBS_SWEEP_BATCH]
+        .values_list("id", flat=True)
     )
-    return settle(list(decidable), now)
+
+
+def _waiting_since(since: datetime, limit: int) -> list[Any]:
+    """Up to `limit` waiting jobs that could be decided, among those created since
+    `since` and those waiting on a job that ended since then (through job_ended,
+    jobdependency's depends_on index and job_waiting_dependencies: the rows read are the
+    recent ends and their dependents). Only the decidable ones count towards `limit`, so
+    that jobs still waiting cannot hold the follow-up's mark back."""
+    waiting = Q(job__status=Status.QUEUED, job__held=Held.DEPENDENCIES)
+    after_ends = JobDependency.objects.filter(
+        waiting,
+        depends_on__status__in=FINISHED_STATUSES,
+        depends_on__finished_at__gte=since,
+    ).values_list("job_id", "job__on_dependency_failure")
+    created = Job.objects.filter(
+        status=Status.QUEUED, held=Held.DEPENDENCIES, created_at__gte=since
+    ).values_list("id", "on_dependency_failure")
+    policies = dict(created.order_by("created_at")) | dict(after_ends.order_by())
+    if not policies:
+        return []
+    statuses: dict[Any, list[str]] = {job_id: [] for job_id in policies}
+    for job_id, status in JobDependency.objects.filter(job_id__in=list(policies)).values_list(
+        "job_id", "depends_on__status"
+    ):
+        statuses[job_id].append(status)
+    return [
+        job_id for job_id, policy in policies.items() if _could_decide(policy, statuses[job_id])
+    ][:limit]
+
+
+def _could_decide(policy: str, statuses: list[str]) -> bool:
+    """Whether a job waiting on dependencies in `statuses` is released or cancelled now."""
+    failed = any(status in RETRYABLE_STATUSES for status in statuses)
+    active = any(status in ACTIVE_STATUSES for status in statuses)
+    return not active or (failed and policy == OnDependencyFailure.CANCEL)
 
 
 def register() -> None:

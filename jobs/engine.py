@@ -16,6 +16,7 @@ from .batches import (
 )
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
+from .followups import CaughtUp
 from .followups import register as register_follow_up
 from .line import Place, in_words, place_data, place_in_line
 from .live import publish as publish_live_change
@@ -31,6 +32,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "Batch",
     "BatchIdempotencyConflict",
+    "CaughtUp",
     "BatchNotRunning",
     "BatchState",
     "Enqueued",

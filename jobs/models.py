@@ -217,6 +217,13 @@ class Job(models.Model):
                 condition=Q(status="queued", held="dependencies"),
                 name="job_waiting_dependencies",
             ),
+            # The follow-ups' catch-ups (jobs/followups.py): the ends since their mark.
+            # An entry is added only as a job ends, never at a claim or a dispatch.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(status__in=["succeeded", "failed", "cancelled", "expired"]),
+                name="job_ended",
+            ),
             # The dashboard's failed list: status = 'failed' ORDER BY finished_at DESC.
             models.Index(
                 fields=["-finished_at"],
@@ -473,6 +480,10 @@ class Batch(models.Model):
             models.Index(fields=["-created_at"], name="batch_created"),
             # The sweeper's catch-up: the few batches still running.
             models.Index(fields=["created_at"], condition=Q(state="running"), name="batch_running"),
+            # The webhooks' catch-up: the batches that settled since its mark.
+            models.Index(
+                fields=["finished_at"], condition=~Q(state="running"), name="batch_finished"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -525,6 +536,18 @@ class HistoryRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.status} {self.seconds}s from {self.start.isoformat()}"
+
+
+class FollowUpMark(models.Model):
+    """How far a follow-up's catch-up has read the ends (jobs/followups.py): the start
+    of its last complete pass, and of its last complete full pass."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    caught_up_to = models.DateTimeField()
+    full_pass_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} caught up to {self.caught_up_to.isoformat()}"
 
 
 class HistoryMark(models.Model):

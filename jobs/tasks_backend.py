@@ -433,7 +433,7 @@ def _tell_finished(jobs: list[Job]) -> None:
         task_finished.send(type(backend), task_result=result)
 
 
-def _no_catch_up(now: datetime) -> int:
+def _no_catch_up(now: datetime, since: datetime | None) -> int:
     # A signal is told in the process where the end happened, or not at all.
     return 0
 

@@ -432,6 +432,10 @@ JOBS_BROKER_DELAY_MAX = env.float("JOBS_BROKER_DELAY_MAX", default=60.0)
 JOBS_PUBLISH_TIMEOUT = env.float("JOBS_PUBLISH_TIMEOUT", default=0.4)
 JOBS_PUBLISH_BREAKER_SECONDS = env.float("JOBS_PUBLISH_BREAKER_SECONDS", default=2.0)
 JOBS_SWEEP_BATCH = env.int("JOBS_SWEEP_BATCH", default=500)
+# The follow-ups' catch-ups read the ends since their last pass less this lag (seconds),
+# and everything once per JOBS_FOLLOW_UP_FULL_PASS_EVERY seconds (jobs/followups.py).
+JOBS_FOLLOW_UP_LAG = env.int("JOBS_FOLLOW_UP_LAG", default=60)
+JOBS_FOLLOW_UP_FULL_PASS_EVERY = env.int("JOBS_FOLLOW_UP_FULL_PASS_EVERY", default=3600)
 # A handler's `ctx.snooze(seconds)`: the longest delay it may ask for, and how many times
 # a job may snooze per round of attempts before it fails (so a handler cannot loop forever).
 JOBS_SNOOZE_MAX = env.float("JOBS_SNOOZE_MAX", default=24 * 3600.0)

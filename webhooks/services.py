@@ -24,6 +24,7 @@ from jobs.engine import (
     FINISHED_STATUSES,
     Batch,
     BatchState,
+    CaughtUp,
     Job,
     JobContext,
     JobSpec,
@@ -150,32 +151,39 @@ def jobs_ended(jobs: list[Job]) -> None:
 CATCH_UP_KEY = "webhooks:catch-up"
 
 
-def catch_up_now_and_then(now: datetime) -> int:
+def catch_up_now_and_then(now: datetime, since: datetime | None = None) -> CaughtUp:
     """`catch_up`, at most once per WEBHOOKS_CATCH_UP_EVERY seconds across all sweepers:
-    it reads the recent ends of every owner with an endpoint, and the sweeper runs every
-    few seconds. Without the cache, every sweep catches up."""
+    the sweeper runs every few seconds. Without the cache, every sweep catches up. A
+    pass skipped leaves the follow-up's mark where it was (jobs/followups.py)."""
     try:
         due = cache.add(CATCH_UP_KEY, now.isoformat(), timeout=settings.WEBHOOKS_CATCH_UP_EVERY)
     except Exception:
         due = True
-    return catch_up(now) if due else 0
+    return CaughtUp(catch_up(now, since)) if due else CaughtUp(0, complete=False)
 
 
-def catch_up(now: datetime) -> int:
+def catch_up(now: datetime, since: datetime | None = None) -> int:
     """What a crash between an end and its follow-up skipped, for the jobs and batches
-    that ended within WEBHOOKS_CATCH_UP_MINUTES: the deliveries not created, and those
-    whose job ended without settling them. Returns how many it created or settled."""
-    since = now - timedelta(minutes=settings.WEBHOOKS_CATCH_UP_MINUTES)
-    unsent = Job.objects.filter(
-        type=DELIVER, status__in=UNSENT_ENDS, finished_at__gte=since
-    ).values_list("id", flat=True)
+    that ended since `since` (the follow-up's mark), and never before
+    WEBHOOKS_CATCH_UP_MINUTES ago: the deliveries not created, and those whose job ended
+    without settling them. Returns how many it created or settled."""
+    window = now - timedelta(minutes=settings.WEBHOOKS_CATCH_UP_MINUTES)
+    since = window if since is None else max(since, window)
+    unsent = (
+        Job.objects.filter(type=DELIVER, status__in=UNSENT_ENDS, finished_at__gte=since)
+        .order_by()
+        .values_list("id", flat=True)
+    )
     settled = settle_unsent(list(unsent))
     return settled + _create_missed(since)
 
 
 def _create_missed(since: datetime) -> int:
     owner_ids = set(
-        WebhookEndpoint.objects.filter(active=True).values_list("owner_id", flat=True).distinct()
+        WebhookEndpoint.objects.filter(active=True)
+        .order_by()
+        .values_list("owner_id", flat=True)
+        .distinct()
     )
     if not owner_ids:
         return 0
@@ -185,54 +193,68 @@ def _create_missed(since: datetime) -> int:
     return len(create_deliveries(missing))
 
 
+TOLD_SLICE = 500
+
+
+def _told(subject_ids: list[str]) -> set[tuple[Any, str]]:
+    """(endpoint id, subject id) of the original deliveries made for `subject_ids`."""
+    told: set[tuple[Any, str]] = set()
+    # In slices the planner reads through webhookdelivery_subject, however many ended.
+    for start in range(0, len(subject_ids), TOLD_SLICE):
+        told.update(
+            WebhookDelivery.objects.filter(
+                subject_id__in=subject_ids[start : start + TOLD_SLICE], replay_of__isnull=True
+            )
+            .order_by()
+            .values_list("endpoint_id", "subject_id")
+        )
+    return told
+
+
 def _missed_job_ends(
     owner_ids: set[int], since: datetime, endpoints: list[WebhookEndpoint]
 ) -> list[tuple[WebhookEndpoint, Offer]]:
+    # Through job_ended: the ends since `since`; the rows of those missed only are read.
     ended = list(
         Job.objects.filter(
-            owner_id__in=owner_ids, status__in=FINISHED_STATUSES, finished_at__gte=since
+            status__in=FINISHED_STATUSES, finished_at__gte=since, owner_id__in=owner_ids
         )
         .exclude(type=DELIVER)
-        .select_related("owner")
+        .order_by()
+        .values_list("id", "owner_id", "finished_at")
     )
-    if not ended:
-        return []
-    done = set(
-        WebhookDelivery.objects.filter(
-            subject_id__in=[str(job.id) for job in ended], replay_of__isnull=True
-        ).values_list("endpoint_id", "subject_id")
-    )
-    missing = []
-    for job in ended:
-        offer = job_offer(job)
-        if offer is None:
-            continue
+    done = _told([str(job_id) for job_id, _owner, _at in ended])
+    missed: dict[Any, list[WebhookEndpoint]] = {}
+    for job_id, owner_id, finished_at in ended:
         for endpoint in endpoints:
             if (
-                endpoint.owner_id == job.owner_id
+                endpoint.owner_id == owner_id
                 # An endpoint registered after the end was not there to be told.
-                and endpoint.created_at <= job.finished_at
-                and (endpoint.id, offer.subject_id) not in done
+                and endpoint.created_at <= finished_at
+                and (endpoint.id, str(job_id)) not in done
             ):
-                missing.append((endpoint, offer))
+                missed.setdefault(job_id, []).append(endpoint)
+    if not missed:
+        return []
+    missing = []
+    jobs = Job.objects.filter(id__in=list(missed)).select_related("owner")
+    for job in jobs.prefetch_related("dependencies").order_by():
+        offer = job_offer(job)
+        if offer is not None:
+            missing += [(endpoint, offer) for endpoint in missed[job.id]]
     return missing
 
 
 def _missed_batch_ends(
     owner_ids: set[int], since: datetime, endpoints: list[WebhookEndpoint]
 ) -> list[tuple[WebhookEndpoint, Offer]]:
+    # Through batch_finished: the batches settled since `since`.
     finished = list(
-        Batch.objects.filter(owner_id__in=owner_ids, finished_at__gte=since).exclude(
-            state=BatchState.RUNNING
-        )
+        Batch.objects.filter(owner_id__in=owner_ids, finished_at__gte=since)
+        .exclude(state=BatchState.RUNNING)
+        .order_by()
     )
-    if not finished:
-        return []
-    done = set(
-        WebhookDelivery.objects.filter(
-            subject_id__in=[str(batch.id) for batch in finished], replay_of__isnull=True
-        ).values_list("endpoint_id", "subject_id")
-    )
+    done = _told([str(batch.id) for batch in finished])
     return [
         (endpoint, batch_offer(batch))
         for batch in finished

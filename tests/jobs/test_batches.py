@@ -3,6 +3,8 @@ once with their callbacks, cancelled, and shown only to their owner (and staff).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection, connections
 from django.test import override_settings
@@ -12,7 +14,15 @@ from rest_framework.exceptions import ValidationError
 from jobs import batches, followups, sweepers
 from jobs.audit import Via
 from jobs.batches import batch_summary, cancel_batch, create_batch, settle
-from jobs.models import Batch, BatchState, EventKind, Job, OperatorAction, Status
+from jobs.models import (
+    Batch,
+    BatchState,
+    EventKind,
+    FollowUpMark,
+    Job,
+    OperatorAction,
+    Status,
+)
 from jobs.services import JobSpec
 from jobs.store import job_store
 from tests import engine
@@ -138,7 +148,7 @@ def test_a_batch_whose_jobs_all_succeed_succeeds_and_creates_both_callbacks_once
     assert summary["failed_jobs"] == []
     # Offered again, nothing more happens.
     assert settle(batch.id) is False
-    assert batches.catch_up(timezone.now()) == 0
+    assert batches.catch_up(timezone.now()).done == 0
     assert len(callbacks_of(batch)) == 2
 
 
@@ -237,11 +247,63 @@ def test_the_sweepers_catch_up_settles_a_batch_whose_follow_up_never_ran(user):
     assert len(callbacks_of(batch)) == 2
 
 
+def test_the_catch_up_from_its_mark_settles_a_batch_whose_follow_up_was_skipped_since(user):
+    followups.catch_up()
+    full_pass = FollowUpMark.objects.get(name="batches").full_pass_at
+    batch = create_batch(sleeps(2), owner=user, on_complete=NOOP)
+    for job in Job.objects.filter(batch=batch):
+        finish_behind_the_follow_ups(job)
+
+    assert followups.catch_up() == 1
+
+    batch.refresh_from_db()
+    assert batch.state == BatchState.SUCCEEDED
+    assert FollowUpMark.objects.get(name="batches").full_pass_at == full_pass
+    assert followups.catch_up() == 0
+    assert len(callbacks_of(batch)) == 1
+
+
+def test_a_batch_whose_last_end_is_older_than_the_lag_is_settled_by_the_full_pass(user, settings):
+    now = timezone.now()
+    followups.catch_up(now)
+    batch = create_batch(sleeps(1), owner=user)
+    (job,) = Job.objects.filter(batch=batch)
+    finish_behind_the_follow_ups(job)
+    long_ago = now - timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG * 2)
+    Job.objects.filter(id=job.id).update(finished_at=long_ago)
+
+    assert followups.catch_up(now + timedelta(seconds=5)) == 0
+    full = now + timedelta(seconds=settings.JOBS_FOLLOW_UP_FULL_PASS_EVERY)
+    assert followups.catch_up(full) == 1
+
+    batch.refresh_from_db()
+    assert batch.state == BatchState.SUCCEEDED
+
+
+def test_batches_still_running_do_not_hold_the_catch_ups_mark_back(user, settings):
+    settings.JOBS_SWEEP_BATCH = 1
+    now = timezone.now()
+    followups.catch_up(now)
+    running = [create_batch(sleeps(2), owner=user) for _ in range(2)]
+    for batch in running:
+        finish_behind_the_follow_ups(Job.objects.filter(batch=batch).first())
+    ready = create_batch(sleeps(1), owner=user)
+    finish_behind_the_follow_ups(Job.objects.get(batch=ready))
+
+    later = now + timedelta(seconds=5)
+    assert followups.catch_up(later) == 1
+
+    ready.refresh_from_db()
+    assert ready.state == BatchState.SUCCEEDED
+    assert all(Batch.objects.get(id=b.id).state == BatchState.RUNNING for b in running)
+    assert FollowUpMark.objects.get(name="batches").caught_up_to == later
+
+
 def test_the_catch_up_leaves_a_batch_with_a_job_still_queued(user):
     batch = create_batch(sleeps(2), owner=user, on_complete=NOOP)
     finish_behind_the_follow_ups(Job.objects.filter(batch=batch).first())
 
-    assert batches.catch_up(timezone.now()) == 0
+    assert batches.catch_up(timezone.now()).done == 0
     batch.refresh_from_db()
     assert batch.state == BatchState.RUNNING
     assert callbacks_of(batch) == []

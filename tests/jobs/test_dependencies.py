@@ -17,7 +17,7 @@ from rest_framework import serializers
 from jobs import dependencies, followups, services, sweepers
 from jobs.engine import JobSpec, chain
 from jobs.errors import PermanentError
-from jobs.models import Held, Job, JobDependency, Status
+from jobs.models import FollowUpMark, Held, Job, JobDependency, Status
 from jobs.store import job_store
 from tests.engine import event_kinds, job_type, reloaded, run
 
@@ -312,6 +312,62 @@ def test_catch_up_releases_after_a_skipped_follow_up(step, failing, user):
     assert reloaded(still_waiting).held == Held.DEPENDENCIES
     assert followups.catch_up() == 0  # nothing decided twice
     assert event_kinds(waiting).count("released") == 1
+
+
+def test_catch_up_from_its_mark_releases_after_a_follow_up_skipped_since(step, user):
+    followups.catch_up()
+    full_pass = FollowUpMark.objects.get(name="dependencies").full_pass_at
+    first = create(step, user)
+    waiting = create(step, user, depends_on=[first.id])
+    end_in_store(first, Status.SUCCEEDED)
+
+    assert followups.catch_up() == 1
+
+    assert reloaded(waiting).held == Held.NO
+    assert FollowUpMark.objects.get(name="dependencies").full_pass_at == full_pass
+    assert followups.catch_up() == 0
+
+
+def test_an_end_stamped_before_the_mark_is_caught_up_within_the_lag_or_by_a_full_pass(
+    step, user, settings
+):
+    now = timezone.now()
+    lag = timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG)
+    followups.catch_up(now)
+    first, second = create(step, user), create(step, user)
+    late = create(step, user, depends_on=[first.id])
+    older = create(step, user, depends_on=[second.id])
+    for job, ago in ((first, lag / 2), (second, lag * 2)):
+        end_in_store(job, Status.SUCCEEDED)
+        # Stamped that long before the mark, committed after the pass that set it.
+        Job.objects.filter(id=job.id).update(finished_at=now - ago)
+    Job.objects.filter(id__in=[late.id, older.id]).update(created_at=now - lag * 2)
+
+    assert followups.catch_up(now + timedelta(seconds=5)) == 1
+    assert reloaded(late).held == Held.NO
+    assert reloaded(older).held == Held.DEPENDENCIES
+
+    full = now + timedelta(seconds=settings.JOBS_FOLLOW_UP_FULL_PASS_EVERY)
+    assert followups.catch_up(full) == 1
+    assert reloaded(older).held == Held.NO
+
+
+def test_jobs_still_waiting_do_not_hold_the_catch_ups_mark_back(step, user, settings):
+    settings.JOBS_SWEEP_BATCH = 2
+    now = timezone.now()
+    followups.catch_up(now)
+    blocker = create(step, user)
+    still = [create(step, user, depends_on=[blocker.id]) for _ in range(3)]
+    first = create(step, user)
+    ready = create(step, user, depends_on=[first.id])
+    end_in_store(first, Status.SUCCEEDED)
+
+    later = now + timedelta(seconds=5)
+    assert followups.catch_up(later) == 1
+
+    assert reloaded(ready).held == Held.NO
+    assert all(reloaded(job).held == Held.DEPENDENCIES for job in still)
+    assert FollowUpMark.objects.get(name="dependencies").caught_up_to == later
 
 
 # --- concurrency (PostgreSQL) -------------------------------------------------------------------

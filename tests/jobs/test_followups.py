@@ -6,12 +6,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection, connections
 from django.utils import timezone
 
 from jobs import followups, runner, services, sweepers
+from jobs.batches import create_batch
 from jobs.errors import PermanentError
-from jobs.models import Job
+from jobs.models import BatchState, FollowUpMark, Job, JobEvent, Status
+from jobs.services import JobSpec
+from jobs.store import job_store
 from tests.engine import job_type, reloaded, run
+from tests.support import run_in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,8 +29,8 @@ class Recorder:
     def after_end(self, jobs: list[Job]) -> None:
         self.ended += [(str(job.id), job.status) for job in jobs]
 
-    def catch_up(self, now) -> int:
-        self.caught_up.append(now)
+    def catch_up(self, now, since) -> int:
+        self.caught_up.append((now, since))
         return 2
 
 
@@ -95,7 +100,7 @@ def test_a_failing_follow_up_leaves_the_end_recorded(recorder):
     def broken(jobs):
         raise RuntimeError("follow-up down")
 
-    followups.register("tests.broken", after_end=broken, catch_up=lambda now: 0)
+    followups.register("tests.broken", after_end=broken, catch_up=lambda now, since: 0)
     try:
         job = services.enqueue("system.noop").job
         assert run(job) == "succeeded"
@@ -111,3 +116,100 @@ def test_every_sweep_runs_the_catch_ups(recorder):
 
     assert len(recorder.caught_up) == 1
     assert swept["followed_up"] >= 2
+
+
+# --- the marks: each catch-up reads the ends since its last pass ---------------------------
+
+
+def test_the_first_catch_up_is_full_and_the_next_starts_at_the_mark_less_the_lag(
+    recorder, settings
+):
+    now = timezone.now()
+    lag = timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG)
+    full_every = timedelta(seconds=settings.JOBS_FOLLOW_UP_FULL_PASS_EVERY)
+
+    followups.catch_up(now)
+    followups.catch_up(now + timedelta(seconds=5))
+    followups.catch_up(now + full_every)
+    followups.catch_up(now + full_every + timedelta(seconds=5))
+
+    assert [since for _now, since in recorder.caught_up] == [
+        None,
+        now - lag,
+        None,  # a full pass once in a while
+        now + full_every - lag,
+    ]
+    mark = FollowUpMark.objects.get(name="tests.recorder")
+    assert mark.caught_up_to == now + full_every + timedelta(seconds=5)
+    assert mark.full_pass_at == now + full_every
+
+
+def test_a_pass_that_did_not_finish_leaves_the_mark_where_it_was(settings):
+    seen = []
+    outcomes = iter(
+        [followups.CaughtUp(0), followups.CaughtUp(500, complete=False), followups.CaughtUp(1)]
+    )
+
+    def catch_up(now, since):
+        seen.append(since)
+        return next(outcomes)
+
+    followups.register("tests.partial", after_end=lambda jobs: None, catch_up=catch_up)
+    try:
+        now = timezone.now()
+        for seconds in (0, 5, 10):
+            followups.catch_up(now + timedelta(seconds=seconds))
+    finally:
+        followups._follow_ups.pop("tests.partial", None)
+
+    lag = timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG)
+    assert seen == [None, now - lag, now - lag]
+    assert FollowUpMark.objects.get(name="tests.partial").caught_up_to == now + timedelta(
+        seconds=10
+    )
+
+
+def test_a_mark_never_moves_back(recorder, settings):
+    now = timezone.now()
+
+    followups.catch_up(now)
+    followups.catch_up(now - timedelta(seconds=30))  # a slower sweeper's pass, begun earlier
+    followups.catch_up(now + timedelta(seconds=5))
+
+    lag = timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG)
+    assert recorder.caught_up[-1] == (now + timedelta(seconds=5), now - lag)
+
+
+# --- two sweepers at once ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent writers need PostgreSQL")
+def test_two_sweepers_catching_up_at_once_follow_each_end_up_once(user):
+    followups.catch_up()  # the marks: the passes below read from them
+    first = services.enqueue("system.noop", owner=user).job
+    waiting = services.enqueue("system.noop", owner=user, depends_on=[first.id]).job
+    batch = create_batch(
+        [JobSpec("system.noop"), JobSpec("system.noop")],
+        owner=user,
+        on_complete=JobSpec("system.noop"),
+    )
+    for job in [first, *Job.objects.filter(batch=batch)]:
+        claimed = job_store().claim(job.id, timezone.now(), due=timezone.now())
+        assert job_store().finish(claimed, Status.SUCCEEDED, timezone.now())
+
+    def sweep(_i: int) -> int:
+        try:
+            return followups.catch_up()
+        finally:
+            connections.close_all()
+
+    done = run_in_threads(2, sweep)
+
+    assert sum(done) == 2  # one release and one settling, between them
+    assert reloaded(waiting).held == ""
+    assert JobEvent.objects.filter(job=waiting, kind="released").count() == 1
+    batch.refresh_from_db()
+    assert batch.state == BatchState.SUCCEEDED
+    assert Job.objects.filter(id=batch.complete_job_id).count() == 1
+    assert Job.objects.filter(owner=user, type="system.noop").count() == 5
+    assert followups.catch_up() == 0

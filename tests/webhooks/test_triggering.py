@@ -12,7 +12,7 @@ from jobs import runner, sweepers
 from jobs import services as job_services
 from jobs.engine import JobSpec, create_batch
 from jobs.followups import catch_up as run_catch_ups
-from jobs.models import Batch, BatchState, Job, Status
+from jobs.models import Batch, BatchState, FollowUpMark, Job, Status
 from tests.engine import run
 from webhooks import services
 from webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
@@ -205,6 +205,28 @@ def test_the_sweepers_catch_up_at_most_once_a_minute(user, endpoint):
 
     assert (first, second, third) == (1, 0, 1)
     assert WebhookDelivery.objects.filter(subject_id=str(later.id)).count() == 1
+
+
+def test_a_catch_up_the_minute_skipped_reads_from_where_the_last_one_was(user, endpoint, settings):
+    cache.delete(services.CATCH_UP_KEY)
+    now = timezone.now()
+    WebhookEndpoint.objects.filter(id=endpoint.id).update(created_at=now - timedelta(hours=1))
+    assert run_catch_ups(now) == 0
+    mark = FollowUpMark.objects.get(name="webhooks").caught_up_to
+    missed = Job.objects.create(
+        type="system.noop",
+        owner=user,
+        status=Status.SUCCEEDED,
+        finished_at=now - timedelta(seconds=settings.JOBS_FOLLOW_UP_LAG / 2),
+    )
+
+    assert run_catch_ups(now + timedelta(seconds=5)) == 0  # not due: the mark stays
+    assert FollowUpMark.objects.get(name="webhooks").caught_up_to == mark
+    cache.delete(services.CATCH_UP_KEY)
+    assert run_catch_ups(now + timedelta(seconds=70)) == 1
+    assert run_catch_ups(now + timedelta(seconds=75)) == 0
+
+    assert WebhookDelivery.objects.get().subject_id == str(missed.id)
 
 
 # --- deliveries whose job ended without sending them ------------------------------------
