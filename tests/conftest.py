@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import redis
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import override_settings
 from kombu import pools
 
@@ -260,6 +261,9 @@ def page(live_server, monkeypatch, request):
         page = context.new_page()
         page.set_default_timeout(20_000)
         yield page
+        # While the event loop runs, the test's ORM calls get connections of their own;
+        # closed here, or the test database could not be dropped at the end.
+        connections.close_all()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
         browser.close()
