@@ -278,6 +278,7 @@ class Hub:
         # numbered under _token (drawn afresh at each subscription).
         self._token = UNVOUCHED
         self._complete_since = float("inf")
+        self._published_since = float("-inf")
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -341,9 +342,11 @@ class Hub:
             self._announced_until = started + ttl * 2 / 3
             self._renew_at = started + ttl / 3
             if fresh:
-                self._settled_at = answered + settings.PUSH_LISTENERS_CHECK_SECONDS + 0.05
-                settled_wall = time.time() + (self._settled_at - time.monotonic())
-                self._complete_since = max(self._complete_since, settled_wall)
+                check = settings.PUSH_LISTENERS_CHECK_SECONDS
+                self._settled_at = answered + check + 0.05
+                # Every publisher's look from before the key was set is out of date then.
+                self._published_since = time.time() + (answered + check - time.monotonic())
+                self._complete_since = max(self._complete_since, self._published_since)
                 self._condition.notify_all()
 
     def _renew_if_due(self) -> None:
@@ -433,7 +436,7 @@ class Hub:
         self._thread = None
         self._set_connected(False)
         self._announced_until = self._renew_at = self._settled_at = float("-inf")
-        self._complete_since = float("inf")
+        self._complete_since, self._published_since = float("inf"), float("-inf")
 
     def _listen(self) -> None:
         while not self._stopping.is_set():
@@ -482,7 +485,7 @@ class Hub:
                 # Changes published while unsubscribed were missed: ids from before are
                 # not this subscription's, and its ring vouches only from now on.
                 self._token = secrets.token_hex(4)
-                self._complete_since = max(time.time(), self._complete_since_settled())
+                self._complete_since = max(time.time(), self._published_since)
             self._set_connected(True)
             return
         if message["type"] != "message":
@@ -499,12 +502,6 @@ class Hub:
                 self._seq += 1
                 self._changes.append(Change(self._seq, kind, data, heard_at))
             self._condition.notify_all()
-
-    def _complete_since_settled(self) -> float:
-        """The settling period's end as an epoch time (-inf when none is known)."""
-        if self._settled_at == float("-inf"):
-            return float("-inf")
-        return time.time() + (self._settled_at - time.monotonic())
 
     def _set_connected(self, connected: bool) -> None:
         with self._condition:
