@@ -37,6 +37,21 @@ class PushErrorSerializer(serializers.Serializer):
     code = serializers.ChoiceField(choices=["push_busy", "push_unavailable"])
 
 
+STREAM_EVENTS = (*live.KINDS, "reset")
+
+
+class StreamEventSerializer(serializers.Serializer):
+    """One event of the stream, as EventSource hands it over."""
+
+    event = serializers.ChoiceField(choices=STREAM_EVENTS)
+    id = serializers.CharField(
+        help_text="Where the stream stood (opaque): reopen with it as Last-Event-ID"
+    )
+    data = serializers.CharField(
+        help_text="JSON: a job's or batch's status fields; for `reset`, a `detail`"
+    )
+
+
 PUSH_REFUSED = OpenApiResponse(
     PushErrorSerializer,
     description="The server cannot hold the request open now (too many clients waiting: "
@@ -127,7 +142,9 @@ def long_poll(
         ),
     ],
     responses={
-        (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The events"),
+        (200, "text/event-stream"): OpenApiResponse(
+            StreamEventSerializer, description="The events, each as described"
+        ),
         404: OpenApiResponse(description="A `job` filter names no job of the caller's"),
         503: PUSH_REFUSED,
     },
@@ -153,10 +170,16 @@ class EventStream(APIView):
         except live.PushUnavailable as exc:
             return refused(exc)
         live.close_database_connections()
-        stream = _Stream(request.user, seq, {str(i) for i in job_ids}, batch_ids, mine)
-        stream.entered_at = entered_at
         resume = request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id")
-        stream.resume_from = resume or None
+        stream = _Stream(
+            request.user,
+            seq,
+            {str(i) for i in job_ids},
+            batch_ids,
+            mine,
+            resume_from=resume or None,
+            entered_at=entered_at,
+        )
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
@@ -175,17 +198,24 @@ class _Stream:
     the response (the client left, or the stream ran its time)."""
 
     def __init__(
-        self, user: Any, seq: int, job_ids: set[str], batch_ids: set[str], mine: bool = False
+        self,
+        user: Any,
+        seq: int,
+        job_ids: set[str],
+        batch_ids: set[str],
+        mine: bool = False,
+        resume_from: str | None = None,
+        entered_at: float = 0.0,
     ):
         self.user = user
         self.mine = mine
         self.seq = seq
         self.job_ids = job_ids
         self.batch_ids = batch_ids
-        # The Last-Event-ID the client reopened the stream with, if any; when it came
-        # (every change after `seq` was heard later).
-        self.resume_from: str | None = None
-        self.entered_at = time.time()
+        # The Last-Event-ID the client reopened the stream with, if any, and when the
+        # stream took its place (every change after `seq` was heard no earlier).
+        self.resume_from = resume_from
+        self.entered_at = entered_at
         self._left = False
         # When the stream's subject was last read (the connection itself, first).
         self.checked_at, self.checked_wall = time.monotonic(), timezone.now()

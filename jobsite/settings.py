@@ -278,6 +278,7 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "jobs.models.Status",
         "OnDependencyFailureEnum": "jobs.models.OnDependencyFailure",
         "ReportKindEnum": "reports.models.Kind",
+        "StreamEventEnum": "jobs.live_api.STREAM_EVENTS",
     },
     # Every operation documents the JSON error answers it may give (jobsite/openapi.py).
     "POSTPROCESSING_HOOKS": [
