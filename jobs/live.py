@@ -22,6 +22,13 @@ database connection (closed before waiting) and no Redis connection of its own. 
 PUSH_MAX_WAITING requests of a process wait at once; the next ones are refused with a
 503 (`push_busy`), as they are while the hub cannot hear Redis (`push_unavailable`), and
 clients poll instead. A process that exits stops its hub first (atexit), quietly.
+
+Resuming. Each event of a stream carries an id naming where the stream stood: when the
+change was heard (wall-clock milliseconds), the hub that heard it (a token drawn each time
+the hub subscribes) and its number (`event_id`). A stream reopened with such an id replays
+the changes it missed from the hub's ring when the id is this hub's, still in the ring and
+from after the hub last started hearing everything (`Hub.replay`); otherwise the stream
+reads its jobs and batches changed since the id's time again (jobs/live_api.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -214,6 +223,37 @@ class Change:
     seq: int
     kind: str
     data: dict[str, Any]
+    # When the hub heard it (time.time()): every later number was heard no earlier.
+    heard_at: float = 0.0
+
+
+# Ids of positions a hub's token cannot vouch for (resumed by reading again).
+UNVOUCHED = "x"
+_EVENT_ID = re.compile(r"(\d{1,15})-([0-9a-z]{1,16})-(\d{1,18})")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a stream stood: it had every change up to number `seq` of the hub with
+    `token`, and every change made before `at` (epoch seconds) less clock slack."""
+
+    at: float
+    token: str
+    seq: int
+
+
+def event_id(position: Position) -> str:
+    """A stream event's id: opaque to clients, given back as Last-Event-ID."""
+    return f"{int(position.at * 1000)}-{position.token}-{position.seq}"
+
+
+def parse_event_id(value: str) -> Position | None:
+    """The position an event id names; None when it is not one."""
+    found = _EVENT_ID.fullmatch(value.strip())
+    if found is None:
+        return None
+    ms, token, seq = found.groups()
+    return Position(int(ms) / 1000, token, int(seq))
 
 
 class Hub:
@@ -234,6 +274,11 @@ class Hub:
         self._announced_until = float("-inf")
         self._renew_at = float("-inf")
         self._settled_at = float("-inf")
+        # The ring holds every change published from _complete_since (epoch seconds) on,
+        # numbered under _token (drawn afresh at each subscription).
+        self._token = UNVOUCHED
+        self._complete_since = float("inf")
+        self._published_since = float("-inf")
 
     # --- waiting -----------------------------------------------------------------------
 
@@ -297,7 +342,11 @@ class Hub:
             self._announced_until = started + ttl * 2 / 3
             self._renew_at = started + ttl / 3
             if fresh:
-                self._settled_at = answered + settings.PUSH_LISTENERS_CHECK_SECONDS + 0.05
+                check = settings.PUSH_LISTENERS_CHECK_SECONDS
+                self._settled_at = answered + check + 0.05
+                # Every publisher's look from before the key was set is out of date then.
+                self._published_since = time.time() + (answered + check - time.monotonic())
+                self._complete_since = max(self._complete_since, self._published_since)
                 self._condition.notify_all()
 
     def _renew_if_due(self) -> None:
@@ -316,6 +365,32 @@ class Hub:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def token(self) -> str:
+        """The token of this hub's current subscription, which its event ids carry."""
+        return self._token
+
+    @property
+    def seq(self) -> int:
+        """The number of the last change heard."""
+        return self._seq
+
+    def replay(self, position: Position) -> tuple[int, list[Change]] | None:
+        """The changes heard after `position` with the last number, when this hub can
+        vouch they are all it missed: the position is of its current subscription, from
+        after every publisher published (not before a settling period that is not over)
+        and still in the ring. None otherwise."""
+        with self._condition:
+            if position.token != self._token or position.token == UNVOUCHED:
+                return None
+            if position.at < self._complete_since or position.seq > self._seq:
+                return None
+            oldest = self._changes[0].seq if self._changes else self._seq + 1
+            if position.seq < oldest - 1:
+                return None
+            new = self._seq - position.seq
+            return self._seq, list(islice(reversed(self._changes), new))[::-1]
 
     def wait(self, after: int, timeout: float) -> tuple[int, list[Change]]:
         """The changes heard after number `after`, waiting up to `timeout` seconds for
@@ -361,6 +436,7 @@ class Hub:
         self._thread = None
         self._set_connected(False)
         self._announced_until = self._renew_at = self._settled_at = float("-inf")
+        self._complete_since, self._published_since = float("inf"), float("-inf")
 
     def _listen(self) -> None:
         while not self._stopping.is_set():
@@ -405,6 +481,11 @@ class Hub:
 
     def _heard(self, message: dict) -> None:
         if message["type"] == "subscribe":
+            with self._condition:
+                # Changes published while unsubscribed were missed: ids from before are
+                # not this subscription's, and its ring vouches only from now on.
+                self._token = secrets.token_hex(4)
+                self._complete_since = max(time.time(), self._published_since)
             self._set_connected(True)
             return
         if message["type"] != "message":
@@ -415,10 +496,11 @@ class Hub:
         except (ValueError, KeyError, TypeError):
             log.warning("Live update ignored: not a change message")
             return
+        heard_at = time.time()
         with self._condition:
             for data in changes:
                 self._seq += 1
-                self._changes.append(Change(self._seq, kind, data))
+                self._changes.append(Change(self._seq, kind, data, heard_at))
             self._condition.notify_all()
 
     def _set_connected(self, connected: bool) -> None:

@@ -278,6 +278,7 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "jobs.models.Status",
         "OnDependencyFailureEnum": "jobs.models.OnDependencyFailure",
         "ReportKindEnum": "reports.models.Kind",
+        "StreamEventEnum": "jobs.live_api.STREAM_EVENTS",
     },
     # Every operation documents the JSON error answers it may give (jobsite/openapi.py).
     "POSTPROCESSING_HOOKS": [
@@ -522,6 +523,11 @@ PUSH_KEEPALIVE_SECONDS = env.float("PUSH_KEEPALIVE_SECONDS", default=5.0)
 # and how long it waits before trying again after losing it.
 PUSH_CONNECT_TIMEOUT = env.float("PUSH_CONNECT_TIMEOUT", default=1.0)
 PUSH_RECONNECT_SECONDS = env.float("PUSH_RECONNECT_SECONDS", default=1.0)
+# A stream reopened with a Last-Event-ID up to this many seconds old is sent what it
+# missed (replayed, or read again: at most PUSH_RESUME_MAX_CHANGES jobs and batches);
+# an older one, or more changes, gets a `reset` event (read everything again).
+PUSH_RESUME_SECONDS = env.float("PUSH_RESUME_SECONDS", default=300.0)
+PUSH_RESUME_MAX_CHANGES = env.int("PUSH_RESUME_MAX_CHANGES", default=1000)
 
 LOG_FORMAT = env("LOG_FORMAT", default="text")
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

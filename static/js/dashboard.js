@@ -138,6 +138,7 @@
     });
     source.addEventListener("job", refreshSoon);
     source.addEventListener("batch", refreshSoon);
+    source.addEventListener("reset", refreshSoon); // what was missed could not be sent
     source.addEventListener("error", () => {
       refreshEvery(REFRESH_MS); // poll while it reconnects, or until it is tried again
       if (source.readyState === EventSource.CLOSED) {

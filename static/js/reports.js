@@ -93,6 +93,8 @@
       if (lineTimer === null) lineTimer = window.setInterval(refreshPlacesInLine, LINE_MS);
     });
     source.addEventListener("job", (event) => followJob(JSON.parse(event.data)));
+    // The server could not send what was missed while reconnecting: read it all again.
+    source.addEventListener("reset", () => poll());
     source.addEventListener("error", () => {
       pushing = false;
       stopLineRefresh();

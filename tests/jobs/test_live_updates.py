@@ -40,9 +40,12 @@ def quick_streams(settings):
 class Stream:
     """An open GET /api/events/: its status and, read by a thread, the events sent."""
 
-    def __init__(self, api: Api, query: str = ""):
+    def __init__(self, api: Api, query: str = "", headers: dict | None = None):
         self.events: list[dict] = []
-        self.response = api.get(f"/api/events/{query}", stream=True, timeout=(5, 30))
+        self.last_id: str | None = None  # as EventSource keeps it, keep-alives' included
+        self.response = api.get(
+            f"/api/events/{query}", stream=True, timeout=(5, 30), headers=headers
+        )
         self.status_code = self.response.status_code
         if self.status_code == 200:
             threading.Thread(target=self._read, daemon=True).start()
@@ -56,6 +59,8 @@ class Stream:
                         name, _, value = line.partition(": ")
                         fields[name] = value
                     continue
+                if "id" in fields:
+                    self.last_id = fields["id"]
                 if "data" in fields:
                     self.events.append({"event": fields["event"], **json.loads(fields["data"])})
                 fields = {}
@@ -63,7 +68,10 @@ class Stream:
             pass  # closed by the test
 
     def of(self, job_id: str) -> list[dict]:
-        return [e for e in list(self.events) if e["id"] == job_id]
+        return [e for e in list(self.events) if e.get("id") == job_id]
+
+    def resets(self) -> list[dict]:
+        return [e for e in list(self.events) if e["event"] == "reset"]
 
     def close(self) -> None:
         self.response.close()
@@ -73,8 +81,8 @@ class Stream:
 def streams():
     opened: list[Stream] = []
 
-    def open_stream(api: Api, query: str = "") -> Stream:
-        stream = Stream(api, query)
+    def open_stream(api: Api, query: str = "", headers: dict | None = None) -> Stream:
+        stream = Stream(api, query, headers)
         opened.append(stream)
         return stream
 
@@ -360,7 +368,8 @@ def test_the_schema_describes_the_stream_and_the_wait_parameter(api):
 
     stream = paths["/api/events/"]["get"]
     assert "text/event-stream" in stream["responses"]["200"]["content"]
-    assert {p["name"] for p in stream["parameters"]} >= {"job", "batch", "mine"}
+    names = {p["name"] for p in stream["parameters"]}
+    assert names >= {"job", "batch", "mine", "last_event_id", "Last-Event-ID"}
     assert "503" in stream["responses"]
     for path in ("/api/jobs/{id}/status/", "/api/reports/{id}/status/"):
         operation = paths[path]["get"]
@@ -583,3 +592,207 @@ def test_a_hung_redis_does_not_hold_the_look_for_listeners(transactional_db, own
 
     assert Job.objects.get(id=job.id).status == Status.QUEUED
     assert not live.listened()
+
+
+# --- resuming after a reconnect ------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_settling(settings):
+    """Publishers trust their look for listeners briefly: a stream settles (its ids are
+    vouched for by the hub) soon after it opens."""
+    settings.PUSH_LISTENERS_CHECK_SECONDS = 0.05
+    live.forget_listeners()
+
+
+def _vouched(event_id: str | None) -> bool:
+    position = event_id and live.parse_event_id(event_id)
+    return bool(position) and position.token == live.hub.token
+
+
+def _from_elsewhere(event_id: str) -> str:
+    """The same position as another web process would have named it."""
+    position = live.parse_event_id(event_id)
+    return live.event_id(live.Position(position.at, "0badc0de", position.seq))
+
+
+def _left_after(api: Api, streams, query: str = "", job=None) -> str:
+    """Open a stream, see `job`'s change on it (when given), close it once its last id
+    is one the hub vouches for; that id."""
+    stream = streams(api, query)
+    assert stream.status_code == 200
+    if job is not None:
+        services.cancel(job)
+        wait_for(lambda: stream.of(str(job.id)), what="the change on the stream")
+    last_id = wait_for(lambda: _vouched(stream.last_id) and stream.last_id, timeout=10)
+    stream.close()
+    wait_for(lambda: live.hub.waiting == 0, timeout=10, what="the closed stream to leave")
+    return last_id
+
+
+def _heard(changes: int, before: int) -> None:
+    wait_for(lambda: live.hub.seq >= before + changes, timeout=10, what="the hub to hear")
+
+
+def _statuses(stream: Stream, job) -> list[str]:
+    return [e["status"] for e in stream.of(str(job.id))]
+
+
+@pytest.mark.parametrize("where", ["this process", "another process"])
+def test_a_reopened_stream_gets_the_changes_it_missed_and_only_its_callers(
+    live_api, user, other_user, streams, quick_settling, where
+):
+    seen = services.enqueue("system.noop", owner=user).job
+    last_id = _left_after(live_api, streams, job=seen)
+    if where == "another process":
+        last_id = _from_elsewhere(last_id)
+
+    before = live.hub.seq
+    missed = services.enqueue("system.noop", owner=user).job
+    services.cancel(missed)
+    theirs = services.enqueue("system.noop", owner=other_user).job
+    services.cancel(theirs)
+    _heard(4, before)
+
+    resumed = streams(live_api, headers={"Last-Event-ID": last_id})
+
+    assert resumed.status_code == 200
+    wait_for(lambda: "cancelled" in _statuses(resumed, missed))
+    if where == "this process":
+        # Replayed from the hub's ring: each change as it was heard.
+        assert _statuses(resumed, missed) == ["queued", "cancelled"]
+        assert not resumed.of(str(seen.id))  # seen before the id
+    else:
+        # Read again: the jobs changed since the id's time, as they are now.
+        assert _statuses(resumed, missed) == ["cancelled"]
+    assert not resumed.of(str(theirs.id))
+    assert not resumed.resets()
+    # And it goes on as any stream.
+    later = services.enqueue("system.noop", owner=user).job
+    wait_for(lambda: resumed.of(str(later.id)))
+
+
+@pytest.mark.parametrize("where", ["this process", "another process"])
+def test_a_reopened_stream_keeps_its_filters(live_api, user, streams, quick_settling, where):
+    watched = services.enqueue("system.noop", owner=user).job
+    unwatched = services.enqueue("system.noop", owner=user).job
+    last_id = _left_after(live_api, streams, f"?job={watched.id}")
+    if where == "another process":
+        last_id = _from_elsewhere(last_id)
+
+    before = live.hub.seq
+    services.cancel(unwatched)
+    services.cancel(watched)
+    _heard(2, before)
+
+    resumed = streams(live_api, f"?job={watched.id}", headers={"Last-Event-ID": last_id})
+
+    wait_for(lambda: _statuses(resumed, watched) == ["cancelled"])
+    assert not resumed.of(str(unwatched.id))
+
+
+def test_another_users_id_resumes_only_the_callers_own_changes(
+    live_api, live_other_api, user, other_user, streams, quick_settling
+):
+    their_id = _left_after(live_other_api, streams)
+
+    before = live.hub.seq
+    mine = services.enqueue("system.noop", owner=user).job
+    theirs = services.enqueue("system.noop", owner=other_user).job
+    _heard(2, before)
+
+    for last_id in (their_id, _from_elsewhere(their_id)):
+        resumed = streams(live_api, headers={"Last-Event-ID": last_id})
+        wait_for(lambda resumed=resumed: resumed.of(str(mine.id)))
+        assert not resumed.of(str(theirs.id))
+
+
+def test_a_hub_that_heard_nothing_meanwhile_has_the_stream_read_its_jobs_again(
+    live_api, user, streams, quick_settling
+):
+    """Changes made while the process heard nothing (here, its hub stopped) are not in
+    its ring: an id from before makes the stream read its jobs again."""
+    job = services.enqueue("system.noop", owner=user).job
+    last_id = _left_after(live_api, streams)
+    live.hub.stop()
+
+    services.cancel(job)  # heard by no one
+
+    resumed = streams(live_api, headers={"Last-Event-ID": last_id})
+    assert resumed.status_code == 200
+    wait_for(lambda: _statuses(resumed, job) == ["cancelled"])
+    assert not resumed.resets()
+
+
+def test_a_resume_by_query_parameter_for_clients_without_headers(
+    live_api, user, streams, quick_settling
+):
+    last_id = _left_after(live_api, streams)
+    before = live.hub.seq
+    job = services.enqueue("system.noop", owner=user).job
+    _heard(1, before)
+
+    resumed = streams(live_api, f"?last_event_id={last_id}")
+
+    wait_for(lambda: _statuses(resumed, job) == ["queued"])
+
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["garbage", "17", "1-2", "-1-abc-3", "12-ab-", "9" * 40, "1-ABC-2"],
+)
+def test_a_malformed_id_gets_a_reset_event_not_an_error(
+    live_api, user, streams, quick_settling, last_event_id
+):
+    resumed = streams(live_api, headers={"Last-Event-ID": last_event_id})
+
+    assert resumed.status_code == 200
+    wait_for(lambda: resumed.resets())
+    assert resumed.resets()[0]["detail"]
+    # The stream goes on, and names where it stands.
+    job = services.enqueue("system.noop", owner=user).job
+    wait_for(lambda: resumed.of(str(job.id)))
+    wait_for(lambda: _vouched(resumed.last_id), timeout=10)
+
+
+@pytest.mark.parametrize("seconds_ago", [400, -60])
+def test_an_id_from_too_long_ago_or_the_future_gets_a_reset_event(
+    live_api, user, streams, quick_settling, seconds_ago
+):
+    import time
+
+    job = services.enqueue("system.noop", owner=user).job
+    last_id = _left_after(live_api, streams)
+    position = live.parse_event_id(last_id)
+    old = live.Position(time.time() - seconds_ago, position.token, position.seq)
+    services.cancel(job)
+
+    resumed = streams(live_api, headers={"Last-Event-ID": live.event_id(old)})
+
+    assert resumed.status_code == 200
+    wait_for(lambda: resumed.resets())
+    assert not resumed.of(str(job.id))
+
+
+def test_resuming_is_off_with_no_seconds_to_resume(
+    live_api, user, streams, quick_settling, settings
+):
+    last_id = _left_after(live_api, streams)
+    settings.PUSH_RESUME_SECONDS = 0
+
+    resumed = streams(live_api, headers={"Last-Event-ID": last_id})
+
+    wait_for(lambda: resumed.resets())
+
+
+def test_too_many_changes_to_read_again_get_a_reset_event(
+    live_api, user, streams, quick_settling, settings
+):
+    settings.PUSH_RESUME_MAX_CHANGES = 1
+    last_id = _from_elsewhere(_left_after(live_api, streams))
+    services.enqueue_many([JobSpec("system.noop"), JobSpec("system.noop")], owner=user)
+
+    resumed = streams(live_api, headers={"Last-Event-ID": last_id})
+
+    wait_for(lambda: resumed.resets())
+    assert not [e for e in resumed.events if e["event"] == "job"]
