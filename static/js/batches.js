@@ -55,6 +55,7 @@
       if (batchId || JSON.parse(event.data).batch_id) refreshSoon();
     });
     source.addEventListener("batch", refreshSoon);
+    source.addEventListener("reset", refreshSoon); // what was missed could not be sent
     source.addEventListener("error", () => {
       refreshEvery(REFRESH_MS);
       if (source.readyState === EventSource.CLOSED) {
