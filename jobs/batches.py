@@ -390,10 +390,14 @@ def catch_up(now: datetime, since: datetime | None = None) -> followups.CaughtUp
             .values_list("id", flat=True)[: limit + 1]
         )
     else:
-        # Through job_ended alone: the jobs that ended since (a filter on batch_id would
-        # draw in job_batch_status, all of whose entries match it).
-        ended = Job.objects.filter(status__in=FINISHED_STATUSES, finished_at__gte=since)
-        batch_ids = {b for b in ended.order_by().values_list("batch_id", flat=True) if b}
+        # Through the retention indexes alone: the jobs that ended since (a filter on
+        # batch_id would draw in job_batch_status, all of whose entries match it).
+        batch_ids = {
+            batch_id
+            for ended in followups.ended_since(since)
+            for batch_id in Job.objects.filter(ended).order_by().values_list("batch_id", flat=True)
+            if batch_id
+        }
         active = Job.objects.filter(batch=OuterRef("pk"), status__in=ACTIVE_STATUSES)
         running = Batch.objects.filter(id__in=batch_ids, state=BatchState.RUNNING)
         # Only the batches ready to settle count towards the limit: the others cannot

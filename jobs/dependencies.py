@@ -36,7 +36,6 @@ from . import followups
 from .dispatch import dispatch
 from .models import (
     ACTIVE_STATUSES,
-    FINISHED_STATUSES,
     RETRYABLE_STATUSES,
     Held,
     Job,
@@ -230,20 +229,18 @@ def _decidable():
 
 def _waiting_since(since: datetime, limit: int) -> list[Any]:
     """Up to `limit` waiting jobs that could be decided, among those created since
-    `since` and those waiting on a job that ended since then (through job_ended,
-    jobdependency's depends_on index and job_waiting_dependencies: the rows read are the
-    recent ends and their dependents). Only the decidable ones count towards `limit`, so
-    that jobs still waiting cannot hold the follow-up's mark back."""
+    `since` and those waiting on a job that ended since then (through the retention
+    indexes, jobdependency's depends_on index and job_waiting_dependencies: the rows read
+    are the recent ends and their dependents). Only the decidable ones count towards
+    `limit`, so that jobs still waiting cannot hold the follow-up's mark back."""
     waiting = Q(job__status=Status.QUEUED, job__held=Held.DEPENDENCIES)
-    after_ends = JobDependency.objects.filter(
-        waiting,
-        depends_on__status__in=FINISHED_STATUSES,
-        depends_on__finished_at__gte=since,
-    ).values_list("job_id", "job__on_dependency_failure")
     created = Job.objects.filter(
         status=Status.QUEUED, held=Held.DEPENDENCIES, created_at__gte=since
     ).values_list("id", "on_dependency_failure")
-    policies = dict(created.order_by("created_at")) | dict(after_ends.order_by())
+    policies = dict(created.order_by("created_at"))
+    for ended in followups.ended_since(since, prefix="depends_on__"):
+        after_ends = JobDependency.objects.filter(waiting, ended).order_by()
+        policies |= dict(after_ends.values_list("job_id", "job__on_dependency_failure"))
     if not policies:
         return []
     statuses: dict[Any, list[str]] = {job_id: [] for job_id in policies}

@@ -16,7 +16,7 @@ from .batches import (
 )
 from .context import JobContext
 from .errors import IdempotencyConflict, InvalidTransition, PermanentError, TooManyActiveJobs
-from .followups import CaughtUp
+from .followups import CaughtUp, ended_since
 from .followups import register as register_follow_up
 from .line import Place, in_words, place_data, place_in_line
 from .live import publish as publish_live_change
@@ -65,6 +65,7 @@ __all__ = [
     "current_job",
     "chain",
     "enqueue",
+    "ended_since",
     "enqueue_many",
     "in_words",
     "job_data",

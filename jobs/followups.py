@@ -28,9 +28,11 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from .models import FINISHED_STATUSES, FollowUpMark, Job
+from . import registry
+from .models import FINISHED_STATUSES, FollowUpMark, Job, Status
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,28 @@ def _offer(jobs: list[Job]) -> None:
                 len(jobs),
                 exc_info=True,
             )
+
+
+# One per retention index (job_purge_succeeded, job_purge_failed: type, finished_at).
+ENDED_GROUPS = ((Status.SUCCEEDED,), (Status.FAILED, Status.CANCELLED, Status.EXPIRED))
+
+
+def ended_since(since: datetime, prefix: str = "", exclude_types: tuple[str, ...] = ()) -> list[Q]:
+    """The jobs that ended since `since`, as one filter per retention index: a range of
+    finished_at per registered type (`type IN (...)` leads, as in the indexes; the ends
+    of a type no longer registered are not read). `prefix` names a related job
+    ("depends_on__"). Run one query per filter and join their rows."""
+    types = [name for name in registry.names() if name not in exclude_types]
+    return [
+        Q(
+            **{
+                f"{prefix}type__in": types,
+                f"{prefix}status__in": list(group),
+                f"{prefix}finished_at__gte": since,
+            }
+        )
+        for group in ENDED_GROUPS
+    ]
 
 
 def catch_up(now: datetime | None = None) -> int:

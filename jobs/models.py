@@ -179,7 +179,9 @@ class Job(models.Model):
             # purge_finished, one index per retention policy: type = ? AND status IN
             # (...) ORDER BY finished_at DESC OFFSET keep, and finished_at < cutoff.
             # With status in the key, the failed policy's two statuses would need a
-            # sort of all its rows to find the newest.
+            # sort of all its rows to find the newest. They also give the ends by time
+            # (the history, the follow-ups' catch-ups): type IN (registered types) AND
+            # finished_at >= ?, one query per index.
             models.Index(
                 fields=["type", "finished_at"],
                 condition=Q(status="succeeded"),
@@ -216,13 +218,6 @@ class Job(models.Model):
                 fields=["created_at"],
                 condition=Q(status="queued", held="dependencies"),
                 name="job_waiting_dependencies",
-            ),
-            # The follow-ups' catch-ups (jobs/followups.py): the ends since their mark.
-            # An entry is added only as a job ends, never at a claim or a dispatch.
-            models.Index(
-                fields=["finished_at"],
-                condition=Q(status__in=["succeeded", "failed", "cancelled", "expired"]),
-                name="job_ended",
             ),
             # The dashboard's failed list: status = 'failed' ORDER BY finished_at DESC.
             models.Index(

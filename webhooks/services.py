@@ -32,6 +32,7 @@ from jobs.engine import (
     Status,
     audit_record,
     batch_summary,
+    ended_since,
     enqueue_many,
     job_data,
     one_line_error,
@@ -214,15 +215,15 @@ def _told(subject_ids: list[str]) -> set[tuple[Any, str]]:
 def _missed_job_ends(
     owner_ids: set[int], since: datetime, endpoints: list[WebhookEndpoint]
 ) -> list[tuple[WebhookEndpoint, Offer]]:
-    # Through job_ended: the ends since `since`; the rows of those missed only are read.
-    ended = list(
-        Job.objects.filter(
-            status__in=FINISHED_STATUSES, finished_at__gte=since, owner_id__in=owner_ids
-        )
-        .exclude(type=DELIVER)
+    # Through the retention indexes: the ends since `since`; the rows of those missed
+    # only are read.
+    ended = [
+        row
+        for ends in ended_since(since, exclude_types=(DELIVER,))
+        for row in Job.objects.filter(ends, owner_id__in=owner_ids)
         .order_by()
         .values_list("id", "owner_id", "finished_at")
-    )
+    ]
     done = _told([str(job_id) for job_id, _owner, _at in ended])
     missed: dict[Any, list[WebhookEndpoint]] = {}
     for job_id, owner_id, finished_at in ended:

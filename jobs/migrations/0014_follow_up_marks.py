@@ -24,8 +24,4 @@ class Migration(migrations.Migration):
             model_name='batch',
             index=models.Index(condition=models.Q(('state', 'running'), _negated=True), fields=['finished_at'], name='batch_finished'),
         ),
-        migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status__in', ['succeeded', 'failed', 'cancelled', 'expired'])), fields=['finished_at'], name='job_ended'),
-        ),
     ]
