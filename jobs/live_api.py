@@ -247,8 +247,10 @@ class _Stream:
                 return
             recheck = live.hub.recheck_due(self.checked_at)
             if recheck is not None and recheck <= now:
-                shown = self._recheck()
-                if shown:
+                shown = self._recheck(limit=settings.PUSH_RESUME_MAX_CHANGES)
+                if shown is None:  # too much to send: the client reads everything again
+                    yield _reset(self._position(self.seq, time.time())).encode()
+                elif shown:
                     yield self._shown(shown).encode()
                 continue
             wait = min(remaining, settings.PUSH_KEEPALIVE_SECONDS)

@@ -148,7 +148,16 @@
     showStatus(tr, body);
   }
 
+  // A pushed event and a status read may cross on their way: the newer state wins.
+  function isOlderThanShown(tr, body) {
+    const at = Date.parse(body.updated_at);
+    return !Number.isNaN(at) && at < Number(tr.dataset.updatedAt || 0);
+  }
+
   function showStatus(tr, body) {
+    if (isOlderThanShown(tr, body)) return;
+    const at = Date.parse(body.updated_at);
+    if (!Number.isNaN(at)) tr.dataset.updatedAt = String(at);
     tr.dataset.status = body.status;
     const badge = tr.querySelector("[data-role=badge]");
     badge.textContent = LABELS[body.status] || body.status;

@@ -796,3 +796,19 @@ def test_too_many_changes_to_read_again_get_a_reset_event(
 
     wait_for(lambda: resumed.resets())
     assert not [e for e in resumed.events if e["event"] == "job"]
+
+
+def test_a_stream_opened_cold_with_too_much_to_read_again_gets_a_reset_event(
+    live_api, own_redis, user, streams, quick_settling, settings
+):
+    # The first waiter sets the listeners key afresh: publishers may still trust their
+    # "nobody listens" for a moment, so the stream reads its jobs once more after it;
+    # a user with thousands of jobs just made gets a reset, not a flood of events.
+    settings.PUSH_RESUME_MAX_CHANGES = 2
+    services.enqueue_many([JobSpec("system.noop") for _ in range(3)], owner=user)
+
+    stream = streams(live_api, "?mine=1")
+
+    assert stream.status_code == 200
+    wait_for(lambda: stream.resets(), what="a reset event")
+    assert not [e for e in stream.events if e["event"] == "job"]
