@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -23,6 +24,30 @@ from .sanitize import owner_images, page_html
 Progress = Callable[[float], None]
 CHUNK = 2000
 MAX_DAYS = 366
+
+
+def in_chunks(rows: QuerySet, order: tuple[str, str], size: int) -> Iterator[list[Any]]:
+    """The rows of `rows` (model instances or `values()` dicts) in `order`, `size` at a
+    time, each chunk read by its own query from where the last one ended. No read stays
+    open between chunks, so progress can be written between them: SQLite refuses a write
+    on a connection that holds a read begun before another connection's write."""
+    first, second = order
+    chunk = list(rows.order_by(first, second)[:size])
+    while chunk:
+        yield chunk
+        if len(chunk) < size:
+            return
+        last = chunk[-1]
+        a, b = (
+            (last[first], last[second])
+            if isinstance(last, dict)
+            else (
+                getattr(last, first),
+                getattr(last, second),
+            )
+        )
+        after = Q(**{f"{first}__gt": a}) | Q(**{first: a, f"{second}__gt": b})
+        chunk = list(rows.filter(after).order_by(first, second)[:size])
 
 
 @dataclass(frozen=True)
@@ -74,10 +99,9 @@ def gather_activity(report: Report, progress: Progress) -> list[dict[str, Any]]:
     total = jobs.count() or 1
     rows = []
     fields = ("id", "type", "status", "created_at", "started_at", "finished_at", "error")
-    for row in jobs.order_by().values(*fields).iterator(chunk_size=CHUNK):
-        rows.append(row)
-        if len(rows) % CHUNK == 0:
-            progress(len(rows) / total)
+    for chunk in in_chunks(jobs.values(*fields), ("created_at", "id"), CHUNK):
+        rows.extend(chunk)
+        progress(len(rows) / total)
     progress(1.0)
     return rows
 
@@ -182,15 +206,14 @@ class NotesExportParameters(serializers.Serializer):
 
 
 def gather_notes(report: Report, progress: Progress) -> list[Page]:
-    pages = Page.objects.filter(owner_id=report.owner_id).order_by("title", "id")
+    pages = Page.objects.filter(owner_id=report.owner_id)
     if report.parameters.get("query"):
         pages = pages.filter(title__icontains=report.parameters["query"])
     total = pages.count() or 1
     gathered = []
-    for page in pages.iterator(chunk_size=200):
-        gathered.append(page)
-        if len(gathered) % 200 == 0:
-            progress(len(gathered) / total)
+    for chunk in in_chunks(pages, ("title", "id"), 200):
+        gathered.extend(chunk)
+        progress(len(gathered) / total)
     progress(1.0)
     return gathered
 
